@@ -1,0 +1,43 @@
+# ipfs-accelerate-web — the two commands a newcomer runs:
+#   make demo   set up, build, stage and serve the demo at http://127.0.0.1:$(PORT)/
+#   make test   set up, then run every suite (native Rust, Rust in Chromium, Playwright)
+SHELL := /bin/bash
+PORT ?= 8080
+export ACCEL_CACHE ?= $(HOME)/.cache/ipfs-accelerate
+
+# wasm-bindgen-test drives Debian's Chromium through chromedriver, with the flags in
+# tests/webdriver.json (software WebGPU included).
+WASM_TEST_ENV := CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json
+
+.PHONY: setup web demo serve test test-native test-wasm test-browser clean
+
+setup:
+	@scripts/setup.sh
+
+## Build the worker + service-worker wasm and stage the site into dist/.
+web:
+	@scripts/build-web.sh
+
+demo: setup web serve
+
+serve:
+	node scripts/serve.mjs --root dist --port $(PORT)
+
+test: setup
+	@$(MAKE) --no-print-directory test-native test-wasm web test-browser
+
+## Native Rust tests (engine, format, cache policy, protocol).
+test-native:
+	cargo test --workspace
+
+## Rust tests inside headless Chromium (dedicated worker, IndexedDB, WebGPU adapter).
+test-wasm:
+	$(WASM_TEST_ENV) cargo test --target wasm32-unknown-unknown -p sw -p worker --test browser
+
+## host-js unit tests and the Playwright end-to-end suite; ends with "N passed, N failed".
+test-browser:
+	tests/run-browser-suite.sh
+
+clean:
+	rm -rf dist test-results
+	cargo clean

@@ -1,0 +1,94 @@
+// ipfs-accelerate-web: the main-thread library. A thin proxy: every call becomes a request to
+// the engine's dedicated worker (Rust wasm); no model logic runs on this thread. The service
+// worker (Rust wasm) is registered first so that the worker's downloads are cached in IndexedDB
+// and the app keeps working offline.
+import { AccelerateError, ServiceWorkerError, WorkerChannel, requests } from './protocol.js';
+
+export { AccelerateError, ServiceWorkerError, WorkerCrashedError } from './protocol.js';
+
+const DEFAULTS = {
+  /** URL of the service-worker script, or `false` to run without one (no caching, no offline). */
+  serviceWorker: new URL('../accel-sw.js', import.meta.url).href,
+  /** URL of the engine worker script. */
+  workerUrl: new URL('../accel-worker.js', import.meta.url).href,
+  /** How long to wait for a newly installed service worker to take control of the page. */
+  serviceWorkerTimeoutMs: 15000,
+};
+
+export class IPFSAccelerate {
+  constructor(config = {}) {
+    this.config = { ...DEFAULTS, ...config };
+    this.serviceWorker = { controlled: false, scope: null };
+    this._started = null;
+  }
+
+  /** Registers the service worker, then starts the engine worker. Idempotent. */
+  ready() {
+    this._started ??= this.#start();
+    return this._started;
+  }
+
+  async #start() {
+    if (this.config.serviceWorker) this.serviceWorker = await registerServiceWorker(this.config);
+    // The engine worker is created only now: a worker started before the service worker
+    // controls the page would fetch around the cache.
+    this._worker = new Worker(this.config.workerUrl, { type: 'module', name: 'ipfs-accelerate-engine' });
+    this._channel = new WorkerChannel(this._worker);
+    return this;
+  }
+
+  async #request(body) {
+    await this.ready();
+    return this._channel.request(body);
+  }
+
+  /** What this browser can run: the engine worker's WebGPU / WASM report, plus page-side facts. */
+  async getCapabilities() {
+    const worker = await this.#request(requests.capabilities());
+    return {
+      ...worker,
+      serviceWorker: this.serviceWorker,
+      webnn: typeof navigator !== 'undefined' && 'ml' in navigator,
+      deviceMemoryGB: navigator.deviceMemory ?? null,
+      storage: navigator.storage?.estimate ? await navigator.storage.estimate() : null,
+    };
+  }
+
+  /**
+   * Has the engine worker fetch `url` (through the service worker's cache when it controls the
+   * page) and report `{url, bytes, sha256, source}`, where source is 'store' (IndexedDB) or
+   * 'network'. A diagnostic for the download path every model load takes.
+   */
+  async fetchFile(url) {
+    return this.#request(requests.fetchFile(new URL(url, location.href).href));
+  }
+
+  /** Stops the engine worker. The service worker stays (it serves other tabs and offline use). */
+  terminate() {
+    this._worker?.terminate();
+    this._started = null;
+  }
+}
+
+async function registerServiceWorker({ serviceWorker, serviceWorkerTimeoutMs }) {
+  if (!('serviceWorker' in navigator)) {
+    throw new ServiceWorkerError('this page cannot use service workers (it must be served over https or from localhost); pass {serviceWorker: false} to run uncached');
+  }
+  let registration;
+  try {
+    registration = await navigator.serviceWorker.register(serviceWorker, { type: 'module', updateViaCache: 'none' });
+  } catch (err) {
+    throw new ServiceWorkerError(`cannot register the service worker ${serviceWorker}: ${err.message}`);
+  }
+  if (!navigator.serviceWorker.controller) {
+    // First visit: wait for the new worker to install (precache the app shell) and claim us.
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new ServiceWorkerError(`the service worker did not take control within ${serviceWorkerTimeoutMs} ms; see its console in DevTools > Application`)),
+        serviceWorkerTimeoutMs,
+      );
+      navigator.serviceWorker.addEventListener('controllerchange', () => { clearTimeout(timer); resolve(); }, { once: true });
+    });
+  }
+  return { controlled: true, scope: registration.scope };
+}

@@ -1,0 +1,41 @@
+//! The one error type of the `sw` crate. Each variant is a named failure with what a user or
+//! developer needs to act on it; the service-worker entry turns it into a JS `Error` whose
+//! `name` is [`SwError::name`] exactly once, at the wasm boundary.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SwError {
+    /// The network could not be reached (offline, connection refused, DNS) and nothing is stored.
+    #[error("cannot fetch {url}: {reason}; it is not cached either — reconnect and retry, or prefetch it while online")]
+    Network { url: String, reason: String },
+
+    /// The server answered, but not with the file.
+    #[error("{url} answered HTTP {status}; check the URL and that the server hosts this file")]
+    HttpStatus { url: String, status: u16 },
+
+    /// IndexedDB (or the in-memory store) refused an operation.
+    #[error("storage {op} failed for {key}: {reason}")]
+    Storage { op: &'static str, key: String, reason: String },
+
+    /// A string that should be a SHA-256 content address is not one.
+    #[error("{value:?} is not a SHA-256 content address (expected 64 lowercase hex digits)")]
+    InvalidHash { value: String },
+
+    /// A request URL could not be parsed.
+    #[error("cannot parse request URL {url:?}")]
+    BadUrl { url: String },
+}
+
+impl SwError {
+    /// The stable error name JS sees (`error.name`); tests and users match on it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SwError::Network { .. } => "NetworkError",
+            SwError::HttpStatus { .. } => "HttpStatusError",
+            SwError::Storage { .. } => "StorageError",
+            SwError::InvalidHash { .. } => "InvalidHashError",
+            SwError::BadUrl { .. } => "BadUrlError",
+        }
+    }
+}

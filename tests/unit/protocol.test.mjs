@@ -1,0 +1,51 @@
+// Host side of the protocol, without a browser: request shapes against the shared fixtures
+// (tests/fixtures/protocol.json, also parsed by worker/src/protocol.rs) and reply routing with a
+// stand-in worker (routing logic only; the real worker is exercised by tests/e2e).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { AccelerateError, WorkerChannel, WorkerCrashedError, requests } from '../../host-js/protocol.js';
+
+const fixtures = JSON.parse(await readFile(new URL('../fixtures/protocol.json', import.meta.url), 'utf8'));
+
+/** Records posted messages; `reply()` / `crash()` play the worker's side. */
+class StandInWorker extends EventTarget {
+  posted = [];
+  postMessage(message) { this.posted.push(message); }
+  reply(data) { this.dispatchEvent(Object.assign(new Event('message'), { data })); }
+  crash(message) { this.dispatchEvent(Object.assign(new Event('error'), { message })); }
+}
+
+test('request builders produce exactly the fixture messages', () => {
+  const built = [requests.capabilities(), requests.fetchFile('/models/minilm-l6/tokenizer.json')];
+  assert.deepEqual(built.map((body, i) => ({ id: i + 1, ...body })), fixtures.requests);
+});
+
+test('replies resolve the request with their id, in any order', async () => {
+  const worker = new StandInWorker();
+  const channel = new WorkerChannel(worker);
+  const a = channel.request(requests.capabilities());
+  const b = channel.request(requests.fetchFile('/x'));
+  assert.deepEqual(worker.posted.map((m) => m.id), [1, 2]);
+  worker.reply({ id: 2, type: 'result', value: { bytes: 3 } });
+  worker.reply({ id: 1, type: 'result', value: fixtures.capabilities });
+  assert.deepEqual(await b, { bytes: 3 });
+  assert.equal((await a).webgpu.available, true);
+});
+
+test('error replies reject with a named AccelerateError', async () => {
+  const worker = new StandInWorker();
+  const channel = new WorkerChannel(worker);
+  const pending = channel.request(requests.fetchFile('/models/x'));
+  worker.reply({ ...fixtures.replies[1], id: worker.posted[0].id });
+  await assert.rejects(pending, (err) => err instanceof AccelerateError && err.name === 'FetchError' && /404/.test(err.message));
+});
+
+test('a crashed worker rejects everything pending and every later request', async () => {
+  const worker = new StandInWorker();
+  const channel = new WorkerChannel(worker);
+  const pending = channel.request(requests.capabilities());
+  worker.crash('out of memory');
+  await assert.rejects(pending, WorkerCrashedError);
+  await assert.rejects(channel.request(requests.capabilities()), (err) => err.name === 'WorkerCrashedError');
+});

@@ -1,0 +1,18 @@
+//! # worker — the ipfs-accelerate-web engine and its dedicated-worker entry
+//!
+//! Everything that computes lives here and builds natively: the host↔worker [`protocol`], the
+//! error type, and (as it lands) the model readers, storage types, models, sampler and backends.
+//! The browser glue is one module, `entry` (wasm32 only), which speaks the protocol over
+//! `postMessage` through `worker/js/accel-worker.js`. The same library backs the native `accel`
+//! CLI (`src/bin/accel.rs`).
+//!
+//! The shard format and content addressing belong to the `sw` crate (the cache's domain); this
+//! crate reads them through it.
+
+pub mod error;
+pub mod protocol;
+
+#[cfg(target_arch = "wasm32")]
+pub mod entry;
+
+pub use error::WorkerError;
