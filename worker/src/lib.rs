@@ -10,7 +10,9 @@
 //! crate reads them through it.
 
 pub mod error;
+pub mod formats;
 pub mod protocol;
+pub mod quant;
 
 #[cfg(target_arch = "wasm32")]
 pub mod entry;
