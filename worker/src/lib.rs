@@ -9,10 +9,15 @@
 //! The shard format and content addressing belong to the `sw` crate (the cache's domain); this
 //! crate reads them through it.
 
+pub mod clock;
 pub mod error;
 pub mod formats;
+pub mod models;
+pub mod ops;
 pub mod protocol;
 pub mod quant;
+pub mod tokenizer;
+pub mod tensor;
 
 #[cfg(target_arch = "wasm32")]
 pub mod entry;

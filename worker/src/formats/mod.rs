@@ -3,3 +3,5 @@
 //! interpret a tensor's numbers (that is [`crate::quant`]'s job).
 
 pub mod gguf;
+pub mod hf_config;
+pub mod safetensors;

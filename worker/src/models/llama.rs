@@ -1,0 +1,270 @@
+//! # Llama-family decoder
+//!
+//! Llama 2/3, SmolLM2, TinyLlama (Touvron et al. 2023, "LLaMA: Open and Efficient Foundation
+//! Language Models", arXiv:2302.13971): pre-norm transformer blocks with RMSNorm, rotary
+//! positions, grouped-query attention, a SwiGLU feed-forward, and an LM head that may be tied to
+//! the token embedding (SmolLM2's is: its GGUF has no `output.weight`).
+//!
+//! ```text
+//! x = embed[tokens]                                   x: [t, d]
+//! for each layer:
+//!   h = rmsnorm(x) · attn_norm
+//!   q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ                     q: [t, n_head·hd]  k, v: [t, n_kv·hd]
+//!   rope(q, k) at positions p0..p0+t;  k, v → cache
+//!   x += attend(q, cache[..=p])·Woᵀ                   causal, each query head → head / group
+//!   h = rmsnorm(x) · ffn_norm
+//!   x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ                    [t, d_ff] → [t, d]
+//! logits = rmsnorm(x_last) · out_norm · Wheadᵀ        [vocab]
+//! ```
+
+use super::gguf_source::GgufSource;
+use super::TensorSource;
+use crate::formats::gguf::GgufFile;
+use crate::ops::activation::swiglu;
+use crate::ops::attention::attend;
+use crate::ops::rmsnorm::rmsnorm;
+use crate::ops::rope::{RopeStyle, RopeTable};
+use crate::tensor::{SharedBytes, WeightMatrix};
+use crate::WorkerError;
+
+/// Hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub vocab: usize,
+    pub rope_base: f64,
+    pub rms_eps: f32,
+    /// The context the model was trained for (an upper bound for the KV cache).
+    pub trained_context: usize,
+    pub rope_style: RopeStyle,
+}
+
+impl LlamaConfig {
+    /// From GGUF metadata (`llama.*` keys); the vocabulary size from `token_embd.weight`.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, WorkerError> {
+        let arch = file.require_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(WorkerError::UnsupportedArchitecture { architecture: arch.to_owned() });
+        }
+        let int = |key: &str| file.require_u64(key).map(|v| v as usize);
+        let d_model = int("llama.embedding_length")?;
+        let n_head = int("llama.attention.head_count")?;
+        let n_kv_head = file.get("llama.attention.head_count_kv").and_then(|v| v.as_u64()).map_or(n_head, |v| v as usize);
+        let bad = |key: &str, reason: String| WorkerError::Metadata { key: key.to_owned(), reason };
+        if n_head == 0 || d_model % n_head != 0 {
+            return Err(bad("llama.attention.head_count", format!("{n_head} heads do not divide the width {d_model}")));
+        }
+        if n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(bad("llama.attention.head_count_kv", format!("{n_kv_head} KV heads do not divide {n_head} query heads")));
+        }
+        let head_dim = file.get("llama.rope.dimension_count").and_then(|v| v.as_u64()).map_or(d_model / n_head, |v| v as usize);
+        if head_dim != d_model / n_head || head_dim % 2 != 0 {
+            return Err(bad("llama.rope.dimension_count", format!("{head_dim} (partial rotary embeddings are not supported)")));
+        }
+        let vocab = file
+            .tensor("token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied())
+            .ok_or_else(|| WorkerError::MissingTensor { tensor: "token_embd.weight".into(), architecture: "llama".into() })? as usize;
+        Ok(LlamaConfig {
+            n_layer: int("llama.block_count")?,
+            d_model,
+            n_head,
+            n_kv_head,
+            head_dim,
+            d_ff: int("llama.feed_forward_length")?,
+            vocab,
+            rope_base: file.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rms_eps: file.require_f64("llama.attention.layer_norm_rms_epsilon")? as f32,
+            trained_context: int("llama.context_length")?,
+            rope_style: RopeStyle::AdjacentPairs,
+        })
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+}
+
+/// One transformer block's weights.
+#[derive(Debug, Clone)]
+pub struct LlamaLayer {
+    pub attn_norm: Vec<f32>,
+    pub wq: WeightMatrix,
+    pub wk: WeightMatrix,
+    pub wv: WeightMatrix,
+    pub wo: WeightMatrix,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: WeightMatrix,
+    pub w_up: WeightMatrix,
+    pub w_down: WeightMatrix,
+}
+
+impl LlamaLayer {
+    /// Loads block `i` by its GGUF names (`blk.{i}.attn_q.weight`, ...).
+    pub fn load(src: &impl TensorSource, c: &LlamaConfig, i: usize) -> Result<Self, WorkerError> {
+        let name = |t: &str| format!("blk.{i}.{t}.weight");
+        let q_dim = c.n_head * c.head_dim;
+        Ok(LlamaLayer {
+            attn_norm: src.vector(&name("attn_norm"), c.d_model)?,
+            wq: src.matrix(&name("attn_q"), q_dim, c.d_model)?,
+            wk: src.matrix(&name("attn_k"), c.kv_dim(), c.d_model)?,
+            wv: src.matrix(&name("attn_v"), c.kv_dim(), c.d_model)?,
+            wo: src.matrix(&name("attn_output"), c.d_model, q_dim)?,
+            ffn_norm: src.vector(&name("ffn_norm"), c.d_model)?,
+            w_gate: src.matrix(&name("ffn_gate"), c.d_ff, c.d_model)?,
+            w_up: src.matrix(&name("ffn_up"), c.d_ff, c.d_model)?,
+            w_down: src.matrix(&name("ffn_down"), c.d_model, c.d_ff)?,
+        })
+    }
+
+    pub fn byte_len(&self) -> usize {
+        let m = [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down];
+        m.iter().map(|w| w.byte_len()).sum::<usize>() + 4 * (self.attn_norm.len() + self.ffn_norm.len())
+    }
+}
+
+/// A loaded Llama model (weights only; per-sequence state lives in [`LlamaState`]).
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed: WeightMatrix,
+    pub layers: Vec<LlamaLayer>,
+    pub out_norm: Vec<f32>,
+    /// `output.weight`, or the token embedding when the head is tied.
+    pub lm_head: WeightMatrix,
+}
+
+impl Llama {
+    pub fn from_gguf(file: &GgufFile, bytes: SharedBytes) -> Result<Self, WorkerError> {
+        let config = LlamaConfig::from_gguf(file)?;
+        let src = GgufSource { file, bytes, architecture: "llama".into() };
+        Llama::load(&src, config)
+    }
+
+    pub fn load(src: &impl TensorSource, config: LlamaConfig) -> Result<Self, WorkerError> {
+        let embed = src.matrix("token_embd.weight", config.vocab, config.d_model)?;
+        let layers = (0..config.n_layer).map(|i| LlamaLayer::load(src, &config, i)).collect::<Result<Vec<_>, _>>()?;
+        let out_norm = src.vector("output_norm.weight", config.d_model)?;
+        let lm_head = if src.contains("output.weight") { src.matrix("output.weight", config.vocab, config.d_model)? } else { embed.clone() };
+        Ok(Llama { config, embed, layers, out_norm, lm_head })
+    }
+
+    /// A fresh sequence with room for `context` tokens (capped at the trained context).
+    pub fn new_state(&self, context: usize) -> LlamaState {
+        let c = &self.config;
+        let context = context.clamp(1, c.trained_context.max(1));
+        LlamaState {
+            rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, context),
+            keys: vec![vec![0.0; context * c.kv_dim()]; c.n_layer],
+            values: vec![vec![0.0; context * c.kv_dim()]; c.n_layer],
+            len: 0,
+            context,
+        }
+    }
+
+    /// Runs `tokens` (appended after what `state` holds) and returns the logits of the last
+    /// token, or of every token when `all_logits` ([t, vocab], for perplexity).
+    pub fn forward(&self, state: &mut LlamaState, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, WorkerError> {
+        let c = &self.config;
+        let (t, d, p0) = (tokens.len(), c.d_model, state.len);
+        if t == 0 {
+            return Err(WorkerError::Protocol { reason: "forward() needs at least one token".into() });
+        }
+        if p0 + t > state.context {
+            return Err(WorkerError::ContextOverflow { tokens: p0 + t, context: state.context });
+        }
+        let mut x = vec![0f32; t * d];
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+            if tok as usize >= c.vocab {
+                return Err(WorkerError::Tokenizer { reason: format!("token id {tok} is outside the vocabulary of {}", c.vocab) });
+            }
+            self.embed.dequantize_row(tok as usize, row);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.layer_forward(layer, l, state, &mut x, t);
+        }
+        state.len += t;
+        let rows: Vec<usize> = if all_logits { (0..t).collect() } else { vec![t - 1] };
+        let mut logits = vec![0f32; rows.len() * c.vocab];
+        for (out, &r) in logits.chunks_exact_mut(c.vocab).zip(&rows) {
+            let mut h = x[r * d..][..d].to_vec();
+            rmsnorm(&mut h, &self.out_norm, c.rms_eps);
+            self.lm_head.matvec(&h, out);
+        }
+        Ok(logits)
+    }
+
+    fn layer_forward(&self, w: &LlamaLayer, l: usize, state: &mut LlamaState, x: &mut [f32], t: usize) {
+        let c = &self.config;
+        let (d, kv_dim, q_dim, p0) = (c.d_model, c.kv_dim(), c.n_head * c.head_dim, state.len);
+
+        let mut h = x.to_vec();
+        rmsnorm(&mut h, &w.attn_norm, c.rms_eps);
+        let mut q = vec![0f32; t * q_dim];
+        let mut k = vec![0f32; t * kv_dim];
+        let mut v = vec![0f32; t * kv_dim];
+        w.wq.matmul(&h, &mut q, t);
+        w.wk.matmul(&h, &mut k, t);
+        w.wv.matmul(&h, &mut v, t);
+        for i in 0..t {
+            state.rope.apply(&mut q[i * q_dim..][..q_dim], p0 + i);
+            state.rope.apply(&mut k[i * kv_dim..][..kv_dim], p0 + i);
+        }
+        state.keys[l][p0 * kv_dim..][..t * kv_dim].copy_from_slice(&k);
+        state.values[l][p0 * kv_dim..][..t * kv_dim].copy_from_slice(&v);
+
+        let mut attn = vec![0f32; t * q_dim];
+        for i in 0..t {
+            let visible = (p0 + i + 1) * kv_dim;
+            attend(&q[i * q_dim..][..q_dim], &state.keys[l][..visible], &state.values[l][..visible], c.n_kv_head, c.head_dim, None, &mut attn[i * q_dim..][..q_dim]);
+        }
+        let mut o = vec![0f32; t * d];
+        w.wo.matmul(&attn, &mut o, t);
+        add_in_place(x, &o);
+
+        h.copy_from_slice(x);
+        rmsnorm(&mut h, &w.ffn_norm, c.rms_eps);
+        let mut gate = vec![0f32; t * c.d_ff];
+        let mut up = vec![0f32; t * c.d_ff];
+        w.w_gate.matmul(&h, &mut gate, t);
+        w.w_up.matmul(&h, &mut up, t);
+        swiglu(&mut gate, &up);
+        w.w_down.matmul(&gate, &mut o, t);
+        add_in_place(x, &o);
+    }
+}
+
+/// Residual add: x += y.
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// One sequence's state: the KV cache and its length.
+#[derive(Debug, Clone)]
+pub struct LlamaState {
+    rope: RopeTable,
+    /// Per layer: [context, kv_dim] (keys already rotated).
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    pub len: usize,
+    pub context: usize,
+}
+
+impl LlamaState {
+    /// Forgets the sequence (keeps the allocation).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn byte_len(&self) -> usize {
+        4 * (self.keys.iter().map(Vec::len).sum::<usize>() + self.values.iter().map(Vec::len).sum::<usize>())
+    }
+}
