@@ -10,6 +10,10 @@ pub enum WorkerError {
     #[error("malformed request: {reason}; the host library and worker script must come from the same build")]
     Protocol { reason: String },
 
+    /// A request parameter outside its valid range (sampling settings, sizes).
+    #[error("invalid parameter: {reason}")]
+    InvalidParameter { reason: String },
+
     /// A file could not be fetched (network down and nothing cached, or an HTTP error).
     #[error("cannot fetch {url}: {reason}")]
     Fetch { url: String, reason: String },
@@ -56,6 +60,7 @@ impl WorkerError {
     pub fn name(&self) -> &'static str {
         match self {
             WorkerError::Protocol { .. } => "ProtocolError",
+            WorkerError::InvalidParameter { .. } => "InvalidParameterError",
             WorkerError::Fetch { .. } => "FetchError",
             WorkerError::ModelFormat { .. } => "ModelFormatError",
             WorkerError::UnsupportedTensorType { .. } => "UnsupportedTensorTypeError",

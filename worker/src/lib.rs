@@ -12,10 +12,14 @@
 pub mod clock;
 pub mod error;
 pub mod formats;
+pub mod generate;
+pub mod loader;
 pub mod models;
 pub mod ops;
 pub mod protocol;
 pub mod quant;
+pub mod sampler;
+pub mod stop;
 pub mod tokenizer;
 pub mod tensor;
 

@@ -1,8 +1,13 @@
 //! `accel` — the native command-line face of the engine (see BRIEF.md, "Public interfaces").
 //!
-//! Commands arrive with the issues that build them: `pack` with the packed format, `generate`,
-//! `logits`, `embed` and `bench` with the engine. Until then they exit with a clear message
-//! instead of pretending.
+//! ```text
+//! accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
+//!                [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
+//! accel logits   --model M --prompt TEXT [--top N] [--chat] --json
+//! accel embed    --model M [--json] TEXT...
+//! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N] [--json]
+//! ```
+//! Errors print one line, `error: <Name>: <message>`, and exit 1 (2 for usage errors).
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -15,49 +20,313 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+    use worker::generate::{generate, GenerateParams};
+    use worker::loader::{detect_path, load_text_model, ModelPathKind, TextModel, DEFAULT_SYSTEM_PROMPT};
+    use worker::models::bert::Embedder;
+    use worker::WorkerError;
+
     const USAGE: &str = "\
 accel — ipfs-accelerate-web's native engine
 
 USAGE:
-    accel <COMMAND> [ARGS]
+    accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
+                   [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
+    accel logits   --model M --prompt TEXT [--top N] [--chat] [--json]
+    accel embed    --model M [--json] TEXT...
+    accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N] [--json]
+    accel pack     (arrives with the packed-format issue)
 
-COMMANDS:
-    pack       pack a GGUF or HF model into content-addressed shards
-    generate   generate text from a prompt
-    logits     print next-token logits after a prompt
-    embed      print sentence embeddings
-    bench      measure prefill and decode speed
-    help       print this message
-    --version  print the version
+M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + tokenizer.json).
 ";
 
-    /// Commands named by the public interface whose implementation has not landed yet, with
-    /// the issue that delivers each.
-    const PENDING: &[(&str, &str)] = &[
-        ("pack", "the packed-format issue (#4)"),
-        ("generate", "the engine issue (#3)"),
-        ("logits", "the engine issue (#3)"),
-        ("embed", "the engine issue (#3)"),
-        ("bench", "the engine issue (#3)"),
-    ];
+    /// A usage error (exit 2) or an engine error (exit 1).
+    enum Failure {
+        Usage(String),
+        Engine(WorkerError),
+    }
+
+    impl From<WorkerError> for Failure {
+        fn from(e: WorkerError) -> Self {
+            Failure::Engine(e)
+        }
+    }
 
     pub fn run(args: Vec<String>) -> i32 {
-        match args.first().map(String::as_str) {
-            None | Some("help" | "--help" | "-h") => {
+        let Some(command) = args.first().cloned() else {
+            print!("{USAGE}");
+            return 0;
+        };
+        let outcome = match command.as_str() {
+            "help" | "--help" | "-h" => {
                 print!("{USAGE}");
-                0
+                return 0;
             }
-            Some("--version" | "-V") => {
+            "--version" | "-V" => {
                 println!("accel {}", env!("CARGO_PKG_VERSION"));
-                0
+                return 0;
             }
-            Some(command) => {
-                match PENDING.iter().find(|(name, _)| *name == command) {
-                    Some((_, issue)) => eprintln!("error: NotImplemented: `accel {command}` is not built yet; it arrives with {issue}"),
-                    None => eprintln!("error: UnknownCommand: `{command}` is not an accel command; run `accel help`"),
-                }
+            _ => Args::parse(&args[1..]).and_then(|a| match command.as_str() {
+                "generate" => cmd_generate(&a),
+                "logits" => cmd_logits(&a),
+                "embed" => cmd_embed(&a),
+                "bench" => cmd_bench(&a),
+                "pack" => Err(Failure::Usage("`accel pack` is not built yet; it arrives with the packed-format issue (#4)".into())),
+                other => Err(Failure::Usage(format!("`{other}` is not an accel command; run `accel help`"))),
+            }),
+        };
+        match outcome {
+            Ok(()) => 0,
+            Err(Failure::Usage(msg)) => {
+                eprintln!("error: UsageError: {msg}");
                 2
+            }
+            Err(Failure::Engine(e)) => {
+                eprintln!("error: {}: {e}", e.name());
+                1
             }
         }
     }
+
+    /// `--flag value` options, boolean `--flags`, and positional words.
+    struct Args {
+        options: Vec<(String, String)>,
+        flags: Vec<String>,
+        positional: Vec<String>,
+    }
+
+    const BOOLEAN_FLAGS: &[&str] = &["json", "chat"];
+
+    impl Args {
+        fn parse(raw: &[String]) -> Result<Args, Failure> {
+            let mut args = Args { options: vec![], flags: vec![], positional: vec![] };
+            let mut it = raw.iter();
+            while let Some(word) = it.next() {
+                match word.strip_prefix("--") {
+                    Some(name) if BOOLEAN_FLAGS.contains(&name) => args.flags.push(name.to_owned()),
+                    Some(name) => {
+                        let value = it.next().ok_or_else(|| Failure::Usage(format!("--{name} needs a value")))?;
+                        args.options.push((name.to_owned(), value.clone()));
+                    }
+                    None => args.positional.push(word.clone()),
+                }
+            }
+            Ok(args)
+        }
+
+        fn get(&self, name: &str) -> Option<&str> {
+            self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        }
+
+        fn flag(&self, name: &str) -> bool {
+            self.flags.iter().any(|f| f == name)
+        }
+
+        fn require(&self, name: &str) -> Result<&str, Failure> {
+            self.get(name).ok_or_else(|| Failure::Usage(format!("--{name} is required")))
+        }
+
+        fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, Failure> {
+            match self.get(name) {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|_| Failure::Usage(format!("--{name} {v:?} is not a valid number"))),
+            }
+        }
+
+        fn model(&self) -> Result<PathBuf, Failure> {
+            self.require("model").map(PathBuf::from)
+        }
+
+        /// Threads for the big matrix products (default: all cores).
+        fn apply_threads(&self) -> Result<(), Failure> {
+            if let Some(n) = self.get("threads") {
+                let n: usize = n.parse().ok().filter(|&n| n > 0).ok_or_else(|| Failure::Usage(format!("--threads {n:?} must be a positive integer")))?;
+                // Only fails if a pool already exists; the CLI builds it once, first.
+                let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            }
+            Ok(())
+        }
+
+        fn check_backend(&self) -> Result<(), Failure> {
+            match self.get("backend").unwrap_or("cpu") {
+                "cpu" | "auto" => Ok(()),
+                "gpu" => Err(Failure::Engine(WorkerError::InvalidParameter {
+                    reason: "the gpu backend (wgpu) arrives with the WebGPU issue (#5); use --backend cpu".into(),
+                })),
+                other => Err(Failure::Usage(format!("--backend {other:?}: expected cpu or gpu"))),
+            }
+        }
+
+        fn generate_params(&self) -> Result<GenerateParams, Failure> {
+            let mut p = GenerateParams { max_tokens: self.number("max-tokens", 128)?, ..GenerateParams::default() };
+            p.sampler.temperature = self.number("temperature", 0.0)?;
+            p.sampler.top_k = self.number("top-k", 0)?;
+            p.sampler.top_p = self.number("top-p", 1.0)?;
+            p.sampler.repetition_penalty = self.number("repetition-penalty", 1.0)?;
+            if let Some(seed) = self.get("seed") {
+                p.sampler.seed = Some(seed.parse().map_err(|_| Failure::Usage(format!("--seed {seed:?} is not an integer")))?);
+            }
+            if let Some(stop) = self.get("stop") {
+                p.stop_sequences.push(stop.replace("\\n", "\n"));
+            }
+            Ok(p)
+        }
+    }
+
+    fn load(args: &Args) -> Result<(TextModel, usize), Failure> {
+        args.apply_threads()?;
+        args.check_backend()?;
+        let model = load_text_model(&args.model()?)?;
+        let context = args.number("context", 2048usize)?;
+        Ok((model, context))
+    }
+
+    fn prompt_ids(args: &Args, model: &TextModel) -> Result<Vec<u32>, Failure> {
+        let prompt = args.require("prompt")?;
+        let system = args.get("system").or(args.flag("chat").then_some(DEFAULT_SYSTEM_PROMPT));
+        Ok(model.encode_prompt(prompt, args.flag("chat"), system)?)
+    }
+
+    fn cmd_generate(args: &Args) -> Result<(), Failure> {
+        let (m, context) = load(args)?;
+        let ids = prompt_ids(args, &m)?;
+        let params = args.generate_params()?;
+        let mut state = m.model.new_state(context);
+        let json = args.flag("json");
+        let out = generate(&m.model, &m.tokenizer, &mut state, &ids, &params, |event| {
+            if !json {
+                use std::io::Write;
+                print!("{}", event.text);
+                let _ = std::io::stdout().flush();
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "prompt_token_ids": out.prompt_token_ids,
+                    "token_ids": out.token_ids,
+                    "text": out.text,
+                    "stop_reason": out.stop_reason,
+                    "timings": out.timings,
+                })
+            );
+        } else {
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s, first token {:.0} ms]",
+                out.prompt_token_ids.len(),
+                out.token_ids.len(),
+                out.timings.prefill_tokens_per_s,
+                out.timings.decode_tokens_per_s,
+                out.timings.time_to_first_token_ms
+            );
+        }
+        Ok(())
+    }
+
+    fn cmd_logits(args: &Args) -> Result<(), Failure> {
+        let (m, context) = load(args)?;
+        let ids = prompt_ids(args, &m)?;
+        let top_n: usize = args.number("top", 10)?;
+        let mut state = m.model.new_state(context);
+        let logits = m.model.forward(&mut state, &ids, false)?;
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top: Vec<_> = order.iter().take(top_n).map(|&i| json!([i, logits[i]])).collect();
+        println!("{}", json!({ "prompt_token_ids": ids, "top": top }));
+        Ok(())
+    }
+
+    fn cmd_embed(args: &Args) -> Result<(), Failure> {
+        args.apply_threads()?;
+        let path = args.model()?;
+        if detect_path(&path)? != ModelPathKind::HfDirectory {
+            return Err(Failure::Usage(format!("{} is not an embedding model directory (config.json + model.safetensors + tokenizer.json)", path.display())));
+        }
+        if args.positional.is_empty() {
+            return Err(Failure::Usage("give at least one TEXT to embed".into()));
+        }
+        let embedder = Embedder::from_hf_dir(&path)?;
+        let texts: Vec<&str> = args.positional.iter().map(String::as_str).collect();
+        let embeddings = embedder.embed(&texts)?;
+        let dim = embeddings.first().map_or(0, Vec::len);
+        if args.flag("json") {
+            println!("{}", json!({ "dim": dim, "embeddings": embeddings }));
+        } else {
+            for (text, e) in texts.iter().zip(&embeddings) {
+                let head: Vec<String> = e.iter().take(6).map(|v| format!("{v:.4}")).collect();
+                println!("{text:?}: [{} …] ({dim} dims)", head.join(", "));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefill and decode speed: a `--prompt-tokens` prompt (default 128, cut from a fixed
+    /// text), then `--gen-tokens` (default 64) greedy tokens, `--reps` times; medians reported.
+    fn cmd_bench(args: &Args) -> Result<(), Failure> {
+        let (m, _) = load(args)?;
+        let prompt_tokens: usize = args.number("prompt-tokens", 128)?;
+        let gen_tokens: usize = args.number("gen-tokens", 64)?;
+        let reps: usize = args.number::<usize>("reps", 3)?.max(1);
+        let mut ids = m.tokenizer.encode(BENCH_TEXT, false)?;
+        if ids.is_empty() || prompt_tokens == 0 {
+            return Err(Failure::Usage("--prompt-tokens must be positive".into()));
+        }
+        while ids.len() < prompt_tokens {
+            ids.extend_from_within(..);
+        }
+        ids.truncate(prompt_tokens);
+        let params = GenerateParams { max_tokens: gen_tokens, ..GenerateParams::default() };
+        let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
+        for _ in 0..reps {
+            let mut state = m.model.new_state(prompt_tokens + gen_tokens + 1);
+            // Run past EOS: a benchmark measures a fixed number of steps.
+            let mut tok = m.tokenizer.clone();
+            tok.eos_ids.clear();
+            let out = generate(&m.model, &tok, &mut state, &ids, &params, |_| std::ops::ControlFlow::Continue(()))?;
+            prefill.push(out.timings.prefill_tokens_per_s);
+            decode.push(out.timings.decode_tokens_per_s);
+            ttft.push(out.timings.time_to_first_token_ms);
+        }
+        let threads = rayon::current_num_threads();
+        let result = json!({
+            "engine": "accel-cpu",
+            "model": args.model()?.display().to_string(),
+            "threads": threads,
+            "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens,
+            "reps": reps,
+            "prefill_tokens_per_s": { "median": median(&mut prefill), "min": min(&prefill), "max": max(&prefill) },
+            "decode_tokens_per_s": { "median": median(&mut decode), "min": min(&decode), "max": max(&decode) },
+            "time_to_first_token_ms": { "median": median(&mut ttft), "min": min(&ttft), "max": max(&ttft) },
+        });
+        if args.flag("json") {
+            println!("{result}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn median(v: &mut [f64]) -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+    fn min(v: &[f64]) -> f64 {
+        v.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    fn max(v: &[f64]) -> f64 {
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    const BENCH_TEXT: &str = include_str!("../../../tests/fixtures/eval_text.txt");
 }

@@ -87,7 +87,7 @@ fn positive(obj: &Object, key: &str) -> Result<usize, WorkerError> {
 
 /// `num_attention_heads` must divide `hidden_size` (the head width is their quotient).
 fn check_heads(hidden: usize, heads: usize) -> Result<(), WorkerError> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(meta("num_attention_heads", format!("{heads} heads do not divide hidden_size {hidden}")));
     }
     Ok(())

@@ -268,3 +268,97 @@ impl LlamaState {
         4 * (self.keys.iter().map(Vec::len).sum::<usize>() + self.values.iter().map(Vec::len).sum::<usize>())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::formats::gguf::tests::GgufBuilder;
+    use crate::quant::tests::Rng;
+
+    /// A tiny random Llama as GGUF bytes (f32 weights): 2 layers, width 64, 4 heads over 2 KV
+    /// heads, FFN 96, vocabulary 40. `edit` may rename, drop or reshape tensors to make it bad.
+    pub fn tiny_llama_gguf(architecture: &str, edit: impl Fn(&str, Vec<u64>) -> Option<(String, Vec<u64>)>) -> Vec<u8> {
+        let (d, ff, vocab, kv) = (64u64, 96u64, 40u64, 32u64);
+        let mut b = GgufBuilder::default()
+            .kv_str("general.architecture", architecture)
+            .kv_u32("llama.block_count", 2)
+            .kv_u32("llama.embedding_length", d as u32)
+            .kv_u32("llama.feed_forward_length", ff as u32)
+            .kv_u32("llama.attention.head_count", 4)
+            .kv_u32("llama.attention.head_count_kv", 2)
+            .kv_u32("llama.context_length", 64)
+            .kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .kv_f32("llama.rope.freq_base", 10000.0);
+        let mut tensors: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d, vocab]), ("output_norm.weight".into(), vec![d])];
+        for i in 0..2 {
+            for (name, dims) in [
+                ("attn_norm", vec![d]),
+                ("attn_q", vec![d, d]),
+                ("attn_k", vec![d, kv]),
+                ("attn_v", vec![d, kv]),
+                ("attn_output", vec![d, d]),
+                ("ffn_norm", vec![d]),
+                ("ffn_gate", vec![d, ff]),
+                ("ffn_up", vec![d, ff]),
+                ("ffn_down", vec![ff, d]),
+            ] {
+                tensors.push((format!("blk.{i}.{name}.weight"), dims));
+            }
+        }
+        let mut rng = Rng(7);
+        for (name, dims) in tensors {
+            let Some((name, dims)) = edit(&name, dims) else { continue };
+            let n: u64 = dims.iter().product();
+            let norm = name.contains("norm");
+            let data = (0..n).flat_map(|_| (if norm { 1.0 + 0.1 * rng.f32() } else { 0.2 * rng.f32() }).to_le_bytes()).collect();
+            b = b.tensor(&name, &dims, 0, data);
+        }
+        b.build()
+    }
+
+    fn load(bytes: Vec<u8>) -> Result<Llama, WorkerError> {
+        let file = GgufFile::parse(&bytes, "tiny.gguf")?;
+        Llama::from_gguf(&file, SharedBytes::from_vec(bytes))
+    }
+
+    #[test]
+    fn tiny_model_runs_and_batched_prefill_matches_single_steps() {
+        let model = load(tiny_llama_gguf("llama", |n, d| Some((n.into(), d)))).unwrap();
+        let tokens = [3, 1, 4, 1, 5, 9, 2, 6];
+        let mut a = model.new_state(16);
+        let batched = model.forward(&mut a, &tokens, true).unwrap();
+        let mut b = model.new_state(16);
+        for (i, &t) in tokens.iter().enumerate() {
+            let single = model.forward(&mut b, &[t], false).unwrap();
+            let row = &batched[i * 40..][..40];
+            let worst = row.iter().zip(&single).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "position {i}: {worst}");
+        }
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let err = load(tiny_llama_gguf("gpt9", |n, d| Some((n.into(), d)))).unwrap_err();
+        assert_eq!(err.name(), "UnsupportedArchitectureError", "{err}");
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let err = load(tiny_llama_gguf("llama", |n, d| (n != "blk.1.ffn_up.weight").then(|| (n.into(), d)))).unwrap_err();
+        assert_eq!(err.name(), "MissingTensorError", "{err}");
+        assert!(err.to_string().contains("blk.1.ffn_up.weight"));
+    }
+
+    #[test]
+    fn shape_mismatch_is_named() {
+        let err = load(tiny_llama_gguf("llama", |n, d| Some((n.into(), if n == "blk.0.attn_k.weight" { vec![64, 48] } else { d })))).unwrap_err();
+        assert_eq!(err.name(), "ShapeMismatchError", "{err}");
+    }
+
+    #[test]
+    fn out_of_vocabulary_token_is_refused() {
+        let model = load(tiny_llama_gguf("llama", |n, d| Some((n.into(), d)))).unwrap();
+        let mut state = model.new_state(8);
+        assert_eq!(model.forward(&mut state, &[40], false).unwrap_err().name(), "TokenizerError");
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod gguf_source;
+pub mod hf_llama;
 pub mod llama;
 
 use crate::tensor::WeightMatrix;

@@ -19,6 +19,9 @@ pub fn gelu(x: &mut [f32]) {
 /// and the continued fraction for erfc above (both to ~1e-15; the common Abramowitz–Stegun
 /// 7.1.26 shortcut is only good to ~1e-7).
 pub fn erf(x: f64) -> f64 {
+    if x.is_nan() || x == 0.0 {
+        return x; // erf(±0) = ±0; and the series below would never meet its stopping test at 0
+    }
     let ax = x.abs();
     let r = if ax < 2.5 {
         // Maclaurin series: erf(x) = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1)); converges fast here.
@@ -31,7 +34,7 @@ pub fn erf(x: f64) -> f64 {
             term *= -x2 / n;
             let add = term / (2.0 * n + 1.0);
             sum += add;
-            if add.abs() < 1e-17 * sum.abs() {
+            if add.abs() <= 1e-17 * sum.abs() || n > 200.0 {
                 break;
             }
         }

@@ -1,0 +1,65 @@
+//! The `accel` binary as users run it: flags and `--json` shapes of BRIEF.md.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::process::Command;
+
+use common::{model_path, smollm2_gguf};
+
+fn accel(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_accel")).args(args).output().expect("run accel");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+#[test]
+fn generate_json_reports_ids_text_and_timings() {
+    let gguf = smollm2_gguf();
+    let (code, json, err) = accel(&["generate", "--model", gguf.to_str().unwrap(), "--prompt", "What is the capital of France?", "--chat", "--max-tokens", "12", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["text"], "The capital of France is Paris.", "{json}");
+    assert_eq!(json["prompt_token_ids"].as_array().unwrap().len(), 37);
+    assert_eq!(json["token_ids"].as_array().unwrap().last().unwrap(), 2, "ends on <|im_end|>");
+    for key in ["prefill_tokens_per_s", "decode_tokens_per_s", "time_to_first_token_ms"] {
+        assert!(json["timings"][key].as_f64().unwrap_or(0.0) > 0.0, "timings.{key} in {json}");
+    }
+}
+
+#[test]
+fn logits_json_lists_the_top_tokens() {
+    let gguf = smollm2_gguf();
+    let (code, json, err) = accel(&["logits", "--model", gguf.to_str().unwrap(), "--prompt", "Once upon a time, there was a little", "--top", "3", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["top"][0][0], 8180, "\" girl\" first: {json}");
+    assert_eq!(json["top"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn embed_json_gives_unit_vectors() {
+    let dir = model_path("minilm");
+    let (code, json, err) = accel(&["embed", "--model", dir.to_str().unwrap(), "--json", "The weather is lovely today.", "He drove to the stadium."]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["dim"], 384);
+    for e in json["embeddings"].as_array().unwrap() {
+        let norm: f64 = e.as_array().unwrap().iter().map(|v| v.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn bad_input_exits_nonzero_with_one_named_line() {
+    let (code, _, err) = accel(&["generate", "--model", "/nonexistent.gguf", "--prompt", "hi"]);
+    assert_eq!((code, err.trim().lines().count()), (1, 1), "{err}");
+    assert!(err.starts_with("error: IoError:"), "{err}");
+    let (code, _, err) = accel(&["generate", "--model", smollm2_gguf().to_str().unwrap(), "--prompt", "hi", "--temperature", "-1"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: InvalidParameterError:") && err.contains("temperature"), "{err}");
+    let (code, _, err) = accel(&["generate", "--model", smollm2_gguf().to_str().unwrap(), "--prompt", &"word ".repeat(100), "--context", "16"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: ContextOverflowError:"), "{err}");
+    let (code, _, err) = accel(&["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+}
