@@ -144,21 +144,10 @@ impl WeightMatrix {
     }
 }
 
-/// f32 dot product with eight independent accumulators (vectorizes without reassociating).
+/// f32 dot product (eight independent accumulators; see [`quant::lanes_dot`]).
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for lane in 0..8 {
-            acc[lane] += a[c * 8 + lane] * b[c * 8 + lane];
-        }
-    }
-    let mut tail = 0.0;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
-    }
-    acc.iter().sum::<f32>() + tail
+    quant::lanes_dot(b, |i| a[i])
 }
 
 /// Runs `f(first_index, chunk)` over `chunk`-sized pieces of `out`: in parallel natively.

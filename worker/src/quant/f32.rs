@@ -11,19 +11,6 @@ pub fn dequantize(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Eight independent accumulators so the loop vectorizes without reassociating a single sum.
 pub fn dot(bytes: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.len() / 8;
-    for c in 0..chunks {
-        for lane in 0..8 {
-            let i = c * 8 + lane;
-            acc[lane] += value(bytes, i) * x[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (i, &xi) in x.iter().enumerate().skip(chunks * 8) {
-        tail += value(bytes, i) * xi;
-    }
-    acc.iter().sum::<f32>() + tail
+    super::lanes_dot(x, |i| value(bytes, i))
 }

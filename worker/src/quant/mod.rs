@@ -123,6 +123,25 @@ pub fn dot_row(ty: StorageType, bytes: &[u8], input: &PreparedInput) -> f32 {
     }
 }
 
+/// Σ value(i)·x[i] with eight independent accumulators, so the loop vectorizes without
+/// reassociating one running sum (the order of f32 additions stays fixed and reproducible).
+#[inline(always)]
+pub(crate) fn lanes_dot(x: &[f32], value: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for lane in 0..8 {
+            let i = c * 8 + lane;
+            acc[lane] += value(i) * x[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (i, &xi) in x.iter().enumerate().skip(chunks * 8) {
+        tail += value(i) * xi;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Reads a little-endian f16 (unaligned) as f32.
 #[inline(always)]
 pub(crate) fn f16_at(bytes: [u8; 2]) -> f32 {
