@@ -24,6 +24,7 @@ use crate::formats::safetensors::{SafetensorsFile, SafetensorsSource};
 use crate::models::TensorSource;
 use crate::ops::activation::gelu;
 use crate::ops::attention::attend;
+use crate::ops::residual::add_in_place;
 use crate::ops::layernorm::layernorm;
 use crate::tensor::{SharedBytes, WeightMatrix};
 use crate::tokenizer::Tokenizer;
@@ -225,13 +226,6 @@ impl Bert {
         let o = w.output.forward(&h, n); // [b·t, d]
         add_in_place(x, &o);
         layernorm(x, &w.out_norm.weight, &w.out_norm.bias, c.layer_norm_eps);
-    }
-}
-
-/// Residual add: x += y.
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
     }
 }
 

@@ -22,6 +22,7 @@ use super::TensorSource;
 use crate::formats::gguf::GgufFile;
 use crate::ops::activation::swiglu;
 use crate::ops::attention::attend;
+use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::rmsnorm;
 use crate::ops::rope::{RopeStyle, RopeTable};
 use crate::tensor::{SharedBytes, WeightMatrix};
@@ -236,13 +237,6 @@ impl Llama {
         swiglu(&mut gate, &up);
         w.w_down.matmul(&gate, &mut o, t);
         add_in_place(x, &o);
-    }
-}
-
-/// Residual add: x += y.
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod layernorm;
+pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod softmax;
