@@ -41,7 +41,7 @@ pub enum StopReason {
     Eos,
     StopSequence,
     MaxTokens,
-    /// The KV cache is full (the context window is exhausted).
+    /// The KV cache is full (the context window is exhausted and no sliding window is on).
     ContextFull,
     /// The caller stopped it (cancel / abort).
     Cancelled,
@@ -89,8 +89,8 @@ pub fn generate(
     if prompt_ids.is_empty() {
         return Err(WorkerError::Tokenizer { reason: "the prompt encodes to no tokens; give it some text".into() });
     }
-    if state.len + prompt_ids.len() > state.context {
-        return Err(WorkerError::ContextOverflow { tokens: state.len + prompt_ids.len(), context: state.context });
+    if !state.fits(prompt_ids.len()) {
+        return Err(WorkerError::ContextOverflow { tokens: state.len() + prompt_ids.len(), context: state.context() });
     }
     let mut sampler = Sampler::new(params.sampler.clone())?;
     let mut stops = StopMatcher::new(params.stop_sequences.clone());
@@ -138,7 +138,7 @@ pub fn generate(
         if token_ids.len() == params.max_tokens {
             break;
         }
-        if state.len >= state.context {
+        if !state.fits(1) {
             stop_reason = StopReason::ContextFull;
             break;
         }

@@ -63,3 +63,21 @@ fn bad_input_exits_nonzero_with_one_named_line() {
     let (code, _, err) = accel(&["frobnicate"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn sliding_window_runs_past_the_context_and_activations_are_selectable() {
+    let gguf = smollm2_gguf();
+    let base = ["generate", "--model", gguf.to_str().unwrap(), "--prompt", "Once upon a time", "--context", "16", "--max-tokens", "24", "--json"];
+    let (code, fixed, err) = accel(&base);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fixed["stop_reason"], "contextFull", "{fixed}");
+    let (code, sliding, err) = accel(&[&base[..], &["--sliding-window", "--attention-sinks", "2"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sliding["token_ids"].as_array().unwrap().len(), 24, "{sliding}");
+    let (code, exact, err) = accel(&[&base[..], &["--activations", "f32"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(exact["token_ids"], fixed["token_ids"], "greedy tokens agree on both activation paths");
+    let (code, _, err) = accel(&[&base[..], &["--activations", "int3"]].concat());
+    assert_eq!(code, 2, "an unknown path is a usage error: {err}");
+    assert!(err.contains("int16"), "{err}");
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use common::{fixture, ids, smollm2_gguf};
 use worker::loader::{map_file, TextModel};
 use worker::ops::rope::RopeStyle;
-use worker::tensor::WeightMatrix;
+use worker::tensor::{Activations, WeightMatrix};
 
 fn dequantized(m: &WeightMatrix) -> Vec<f32> {
     let mut out = vec![0f32; m.rows * m.cols];
@@ -84,7 +84,9 @@ fn convert_to_hf(gguf: &TextModel, dir: &Path) {
 
 #[test]
 fn hf_safetensors_llama_gives_the_gguf_logits() {
-    let gguf = TextModel::from_gguf(map_file(&smollm2_gguf()).unwrap(), "smollm2").unwrap();
+    let mut gguf = TextModel::from_gguf(map_file(&smollm2_gguf()).unwrap(), "smollm2").unwrap();
+    // The converted weights are f32, which always take the f32 path; compare like with like.
+    gguf.model.activations = Activations::F32;
     let dir = std::env::temp_dir().join(format!("accel-hf-llama-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     convert_to_hf(&gguf, &dir);

@@ -5,13 +5,23 @@ mod common;
 
 use common::{fixture, ids, smollm2_gguf};
 use worker::formats::gguf::GgufFile;
-use worker::models::llama::Llama;
-use worker::tensor::SharedBytes;
+use worker::generate::{generate, GenerateParams, StopReason};
+use worker::loader::TextModel;
+use worker::models::llama::{Llama, LlamaState};
+use worker::tensor::{Activations, SharedBytes};
 
 fn load() -> Llama {
     let bytes = std::fs::read(smollm2_gguf()).expect("read the GGUF");
     let file = GgufFile::parse(&bytes, "smollm2").expect("parse");
     Llama::from_gguf(&file, SharedBytes::from_vec(bytes)).expect("load")
+}
+
+/// The model on one activation path: f32 (the reference's arithmetic) or int16 (the default
+/// integer products). Both must pass the same fidelity tests.
+fn load_with(activations: Activations) -> Llama {
+    let mut model = load();
+    model.activations = activations;
+    model
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -36,13 +46,22 @@ fn check_first_step(logits: &[f32], reference: &serde_json::Value, n: usize) -> 
 
 #[test]
 fn once_upon_a_time_matches_the_reference() {
-    let model = load();
+    once_upon_a_time(Activations::F32);
+}
+
+#[test]
+fn once_upon_a_time_matches_the_reference_with_int16_activations() {
+    once_upon_a_time(Activations::Int16);
+}
+
+fn once_upon_a_time(activations: Activations) {
+    let model = load_with(activations);
     let f = fixture("smollm2_once_upon.json");
     let prompt = ids(&f["prompt_ids"]);
     let mut state = model.new_state(128);
     let mut logits = model.forward(&mut state, &prompt, false).unwrap();
     let worst = check_first_step(&logits, &f["first_step_top10"], 10);
-    eprintln!("first-step top-10 worst |Δlogit| = {worst:.2e}");
+    eprintln!("{activations:?}: first-step top-10 worst |Δlogit| = {worst:.2e}");
     // Token 13 is a near-tie in the reference (margin 0.003): only the first 12 are a fair test.
     let want = ids(&f["greedy_ids"]);
     let mut got = vec![];
@@ -56,7 +75,16 @@ fn once_upon_a_time_matches_the_reference() {
 
 #[test]
 fn chat_prompt_matches_the_reference() {
-    let model = load();
+    chat_prompt(Activations::F32);
+}
+
+#[test]
+fn chat_prompt_matches_the_reference_with_int16_activations() {
+    chat_prompt(Activations::Int16);
+}
+
+fn chat_prompt(activations: Activations) {
+    let model = load_with(activations);
     let f = fixture("smollm2_chat_france.json");
     let prompt = ids(&f["prompt_ids"]);
     let mut state = model.new_state(128);
@@ -73,6 +101,23 @@ fn chat_prompt_matches_the_reference() {
         logits = model.forward(&mut state, &[next], false).unwrap();
     }
     assert_eq!(got, want, "greedy ids (\"The capital of France is Paris.<|im_end|>\")");
+}
+
+/// Over the whole vocabulary, int16 activations stay within 1e-2 of the f32 path (centred, so
+/// a common shift — which softmax ignores — does not count).
+#[test]
+fn int16_logits_track_the_f32_path_over_the_whole_vocabulary() {
+    let prompt = ids(&fixture("smollm2_once_upon.json")["prompt_ids"]);
+    let run = |a| {
+        let model = load_with(a);
+        let logits = model.forward(&mut model.new_state(64), &prompt, false).unwrap();
+        let mean = logits.iter().map(|&v| v as f64).sum::<f64>() / logits.len() as f64;
+        logits.into_iter().map(|v| v - mean as f32).collect::<Vec<f32>>()
+    };
+    let (exact, fast) = (run(Activations::F32), run(Activations::Int16));
+    let (at, worst) = exact.iter().zip(&fast).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0f32), |w, (i, d)| if d > w.1 { (i, d) } else { w });
+    eprintln!("int16 vs f32 activations: worst centred |Δlogit| = {worst:.2e} at token {at}");
+    assert!(worst <= 1e-2, "token {at}: {worst}");
 }
 
 #[test]
@@ -96,5 +141,34 @@ fn prompt_longer_than_the_context_is_a_named_error() {
     let mut state = model.new_state(8);
     let err = model.forward(&mut state, &[1; 9], false).unwrap_err();
     assert_eq!(err.name(), "ContextOverflowError", "{err}");
-    assert_eq!(state.len, 0, "a refused prompt leaves the state untouched");
+    assert_eq!(state.len(), 0, "a refused prompt leaves the state untouched");
+}
+
+/// With a sliding window the cache drops old entries (keeping the attention sinks) and
+/// generation runs past the context; without one it stops with ContextFull. Until the first
+/// slide both produce the same tokens.
+#[test]
+fn a_sliding_window_generates_past_the_context() {
+    let text = TextModel::from_gguf(SharedBytes::from_vec(std::fs::read(smollm2_gguf()).unwrap()), "smollm2").unwrap();
+    let prompt = ids(&fixture("smollm2_once_upon.json")["prompt_ids"]);
+    let mut tokenizer = text.tokenizer.clone();
+    tokenizer.eos_ids.clear();
+    let params = GenerateParams { max_tokens: 40, ..GenerateParams::default() };
+    let context = 24;
+    let run = |state: &mut LlamaState| generate(&text.model, &tokenizer, state, &prompt, &params, |_| std::ops::ControlFlow::Continue(())).unwrap();
+
+    let fixed = run(&mut text.model.new_state(context));
+    assert_eq!(fixed.stop_reason, StopReason::ContextFull);
+    assert_eq!(fixed.token_ids.len(), context - prompt.len() + 1, "one token per free slot, plus the last sampled");
+
+    let mut state = text.model.new_state(context).slide(4);
+    let sliding = run(&mut state);
+    assert_eq!(sliding.stop_reason, StopReason::MaxTokens);
+    assert_eq!(sliding.token_ids.len(), 40);
+    assert!(state.cache.dropped > 0 && state.len() <= context, "dropped {} entries, {} held", state.cache.dropped, state.len());
+    assert_eq!(sliding.token_ids[..fixed.token_ids.len()], fixed.token_ids[..], "identical until the window first slides");
+    // A prompt that cannot fit even after sliding (sinks + prompt > context) is still refused.
+    let mut small = text.model.new_state(8).slide(4);
+    let err = generate(&text.model, &tokenizer, &mut small, &prompt, &params, |_| std::ops::ControlFlow::Continue(())).unwrap_err();
+    assert_eq!(err.name(), "ContextOverflowError");
 }

@@ -3,9 +3,11 @@
 //! ```text
 //! accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
 //!                [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
+//!                [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks 4]]
 //! accel logits   --model M --prompt TEXT [--top N] [--chat] --json
 //! accel embed    --model M [--json] TEXT...
-//! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N] [--json]
+//! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N]
+//!                [--activations int16,f32] [--json]
 //! ```
 //! Errors print one line, `error: <Name>: <message>`, and exit 1 (2 for usage errors).
 
@@ -26,6 +28,7 @@ mod cli {
     use worker::generate::{generate, GenerateParams};
     use worker::loader::{detect_path, load_text_model, ModelPathKind, TextModel, DEFAULT_SYSTEM_PROMPT};
     use worker::models::bert::Embedder;
+    use worker::tensor::Activations;
     use worker::WorkerError;
 
     const USAGE: &str = "\
@@ -34,12 +37,19 @@ accel — ipfs-accelerate-web's native engine
 USAGE:
     accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
-    accel logits   --model M --prompt TEXT [--top N] [--chat] [--json]
+                   [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks N]]
+    accel logits   --model M --prompt TEXT [--top N] [--chat] [--json] [--activations int16|f32]
     accel embed    --model M [--json] TEXT...
-    accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N] [--json]
+    accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N]
+                   [--activations int16,f32] [--json]
     accel pack     (arrives with the packed-format issue)
 
 M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + tokenizer.json).
+
+--activations int16 (default): activations quantized to 16 bits per block for exact integer
+    products with Q4_0/Q4_1/Q8_0 weights (logits within ~1e-3 of f32); f32: the exact path.
+--context N (default 2048): KV-cache positions. --sliding-window: when the cache is full, drop
+    the oldest tokens after the first --attention-sinks N (default 4) instead of stopping.
 ";
 
     /// A usage error (exit 2) or an engine error (exit 1).
@@ -97,7 +107,7 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
         positional: Vec<String>,
     }
 
-    const BOOLEAN_FLAGS: &[&str] = &["json", "chat"];
+    const BOOLEAN_FLAGS: &[&str] = &["json", "chat", "sliding-window"];
 
     impl Args {
         fn parse(raw: &[String]) -> Result<Args, Failure> {
@@ -159,6 +169,14 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
             }
         }
 
+        /// `--activations int16|f32` (`bench` takes a comma list), else `default`.
+        fn activations(&self, default: &str) -> Result<Vec<Activations>, Failure> {
+            let list = self.get("activations").unwrap_or(default);
+            list.split(',')
+                .map(|name| Activations::parse(name.trim()).ok_or_else(|| Failure::Usage(format!("--activations {name:?}: expected int16 (integer products, the default) or f32 (exact)"))))
+                .collect()
+        }
+
         fn generate_params(&self) -> Result<GenerateParams, Failure> {
             let mut p = GenerateParams { max_tokens: self.number("max-tokens", 128)?, ..GenerateParams::default() };
             p.sampler.temperature = self.number("temperature", 0.0)?;
@@ -178,7 +196,9 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
     fn load(args: &Args) -> Result<(TextModel, usize), Failure> {
         args.apply_threads()?;
         args.check_backend()?;
-        let model = load_text_model(&args.model()?)?;
+        let activations = args.activations("int16")?;
+        let mut model = load_text_model(&args.model()?)?;
+        model.model.activations = activations.first().copied().unwrap_or_default();
         let context = args.number("context", 2048usize)?;
         Ok((model, context))
     }
@@ -194,6 +214,9 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
         let ids = prompt_ids(args, &m)?;
         let params = args.generate_params()?;
         let mut state = m.model.new_state(context);
+        if args.flag("sliding-window") {
+            state = state.slide(args.number("attention-sinks", 4usize)?);
+        }
         let json = args.flag("json");
         let out = generate(&m.model, &m.tokenizer, &mut state, &ids, &params, |event| {
             if !json {
@@ -281,28 +304,38 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
         }
         ids.truncate(prompt_tokens);
         let params = GenerateParams { max_tokens: gen_tokens, ..GenerateParams::default() };
-        let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
-        for _ in 0..reps {
-            let mut state = m.model.new_state(prompt_tokens + gen_tokens + 1);
-            // Run past EOS: a benchmark measures a fixed number of steps.
-            let mut tok = m.tokenizer.clone();
-            tok.eos_ids.clear();
-            let out = generate(&m.model, &tok, &mut state, &ids, &params, |_| std::ops::ControlFlow::Continue(()))?;
-            prefill.push(out.timings.prefill_tokens_per_s);
-            decode.push(out.timings.decode_tokens_per_s);
-            ttft.push(out.timings.time_to_first_token_ms);
+        let mut model = m.model;
+        let mut results = vec![];
+        for activations in args.activations("int16,f32")? {
+            model.activations = activations;
+            let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
+            for _ in 0..reps {
+                let mut state = model.new_state(prompt_tokens + gen_tokens + 1);
+                // Run past EOS: a benchmark measures a fixed number of steps.
+                let mut tok = m.tokenizer.clone();
+                tok.eos_ids.clear();
+                let out = generate(&model, &tok, &mut state, &ids, &params, |_| std::ops::ControlFlow::Continue(()))?;
+                prefill.push(out.timings.prefill_tokens_per_s);
+                decode.push(out.timings.decode_tokens_per_s);
+                ttft.push(out.timings.time_to_first_token_ms);
+            }
+            results.push(json!({
+                "activations": activations.name(),
+                "prefill_tokens_per_s": { "median": median(&mut prefill), "min": min(&prefill), "max": max(&prefill) },
+                "decode_tokens_per_s": { "median": median(&mut decode), "min": min(&decode), "max": max(&decode) },
+                "time_to_first_token_ms": { "median": median(&mut ttft), "min": min(&ttft), "max": max(&ttft) },
+            }));
         }
         let threads = rayon::current_num_threads();
         let result = json!({
             "engine": "accel-cpu",
             "model": args.model()?.display().to_string(),
             "threads": threads,
+            "simd": simd_name(),
             "prompt_tokens": prompt_tokens,
             "gen_tokens": gen_tokens,
             "reps": reps,
-            "prefill_tokens_per_s": { "median": median(&mut prefill), "min": min(&prefill), "max": max(&prefill) },
-            "decode_tokens_per_s": { "median": median(&mut decode), "min": min(&decode), "max": max(&decode) },
-            "time_to_first_token_ms": { "median": median(&mut ttft), "min": min(&ttft), "max": max(&ttft) },
+            "results": results,
         });
         if args.flag("json") {
             println!("{result}");
@@ -310,6 +343,15 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
         }
         Ok(())
+    }
+
+    /// The widest kernels this CPU runs (what the numbers above were measured with).
+    fn simd_name() -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return "avx2+fma";
+        }
+        "portable"
     }
 
     fn median(v: &mut [f64]) -> f64 {

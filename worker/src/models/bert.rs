@@ -26,7 +26,7 @@ use crate::ops::activation::gelu;
 use crate::ops::attention::attend;
 use crate::ops::residual::add_in_place;
 use crate::ops::layernorm::layernorm;
-use crate::tensor::{SharedBytes, WeightMatrix};
+use crate::tensor::{Activations, SharedBytes, WeightMatrix};
 use crate::tokenizer::Tokenizer;
 use crate::WorkerError;
 
@@ -49,7 +49,7 @@ impl Linear {
     /// xs: [t, in] → [t, out].
     fn forward(&self, xs: &[f32], t: usize) -> Vec<f32> {
         let mut ys = vec![0f32; t * self.weight.rows];
-        self.weight.matmul(xs, &mut ys, t);
+        self.weight.matmul(xs, &mut ys, t, Activations::F32);
         for row in ys.chunks_exact_mut(self.weight.rows) {
             for (y, &b) in row.iter_mut().zip(&self.bias) {
                 *y += b;

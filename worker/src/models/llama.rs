@@ -21,11 +21,12 @@ use super::gguf_source::GgufSource;
 use super::TensorSource;
 use crate::formats::gguf::GgufFile;
 use crate::ops::activation::swiglu;
-use crate::ops::attention::attend;
+use crate::ops::attention::{attend_head, HeadLayout};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::rmsnorm;
 use crate::ops::rope::{RopeStyle, RopeTable};
-use crate::tensor::{SharedBytes, WeightMatrix};
+use super::kv_cache::{KvCache, SlidingWindow};
+use crate::tensor::{for_each_chunk, matmul_fused, on_compute_pool, with_wide_simd, Activations, SharedBytes, WeightMatrix};
 use crate::WorkerError;
 
 /// Hyper-parameters.
@@ -138,6 +139,8 @@ pub struct Llama {
     pub out_norm: Vec<f32>,
     /// `output.weight`, or the token embedding when the head is tied.
     pub lm_head: WeightMatrix,
+    /// How activations enter the quantized products (int16 unless the caller asks for f32).
+    pub activations: Activations,
 }
 
 impl Llama {
@@ -152,114 +155,151 @@ impl Llama {
         let layers = (0..config.n_layer).map(|i| LlamaLayer::load(src, &config, i)).collect::<Result<Vec<_>, _>>()?;
         let out_norm = src.vector("output_norm.weight", config.d_model)?;
         let lm_head = if src.contains("output.weight") { src.matrix("output.weight", config.vocab, config.d_model)? } else { embed.clone() };
-        Ok(Llama { config, embed, layers, out_norm, lm_head })
+        Ok(Llama { config, embed, layers, out_norm, lm_head, activations: Activations::default() })
     }
 
     /// A fresh sequence with room for `context` tokens (capped at the trained context).
+    /// A fresh KV cache for `context` positions (at most the trained context). Without a
+    /// sliding window (see [`LlamaState::slide`]) a full cache refuses more tokens.
     pub fn new_state(&self, context: usize) -> LlamaState {
         let c = &self.config;
         let context = context.clamp(1, c.trained_context.max(1));
-        LlamaState {
-            rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, context),
-            keys: vec![vec![0.0; context * c.kv_dim()]; c.n_layer],
-            values: vec![vec![0.0; context * c.kv_dim()]; c.n_layer],
-            len: 0,
-            context,
-        }
+        LlamaState { rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, context), cache: KvCache::new(c.n_layer, c.kv_dim(), context) }
     }
 
-    /// Runs `tokens` (appended after what `state` holds) and returns the logits of the last
-    /// token, or of every token when `all_logits` ([t, vocab], for perplexity).
+    /// Runs `tokens` after what `state` holds; returns the logits of the last token, or of
+    /// every token ([t, vocab]) when `all_logits`. A refused call leaves `state` unchanged.
     pub fn forward(&self, state: &mut LlamaState, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, WorkerError> {
         let c = &self.config;
-        let (t, d, p0) = (tokens.len(), c.d_model, state.len);
+        let (t, d) = (tokens.len(), c.d_model);
         if t == 0 {
             return Err(WorkerError::Protocol { reason: "forward() needs at least one token".into() });
         }
-        if p0 + t > state.context {
-            return Err(WorkerError::ContextOverflow { tokens: p0 + t, context: state.context });
+        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= c.vocab) {
+            return Err(WorkerError::Tokenizer { reason: format!("token id {tok} is outside the vocabulary of {}", c.vocab) });
         }
-        let mut x = vec![0f32; t * d];
-        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
-            if tok as usize >= c.vocab {
-                return Err(WorkerError::Tokenizer { reason: format!("token id {tok} is outside the vocabulary of {}", c.vocab) });
+        state.cache.make_room(t, &state.rope)?;
+        // One hand-off to the compute pool per call instead of one per matrix product.
+        on_compute_pool(|| {
+            let mut x = vec![0f32; t * d];
+            for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+                self.embed.dequantize_row(tok as usize, row);
             }
-            self.embed.dequantize_row(tok as usize, row);
-        }
-        for (l, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(layer, l, state, &mut x, t);
-        }
-        state.len += t;
-        let rows: Vec<usize> = if all_logits { (0..t).collect() } else { vec![t - 1] };
-        let mut logits = vec![0f32; rows.len() * c.vocab];
-        for (out, &r) in logits.chunks_exact_mut(c.vocab).zip(&rows) {
-            let mut h = x[r * d..][..d].to_vec();
-            rmsnorm(&mut h, &self.out_norm, c.rms_eps);
-            self.lm_head.matvec(&h, out);
-        }
-        Ok(logits)
+            let mut scratch = Scratch::new(c, t);
+            for (l, layer) in self.layers.iter().enumerate() {
+                self.layer_forward(layer, l, state, &mut x, t, &mut scratch);
+            }
+            state.cache.len += t;
+            let first = if all_logits { 0 } else { t - 1 };
+            let mut h = x[first * d..].to_vec();
+            for row in h.chunks_exact_mut(d) {
+                rmsnorm(row, &self.out_norm, c.rms_eps);
+            }
+            let mut logits = vec![0f32; (t - first) * c.vocab];
+            self.lm_head.matmul(&h, &mut logits, t - first, self.activations);
+            Ok(logits)
+        })
     }
 
-    fn layer_forward(&self, w: &LlamaLayer, l: usize, state: &mut LlamaState, x: &mut [f32], t: usize) {
+    fn layer_forward(&self, w: &LlamaLayer, l: usize, state: &mut LlamaState, x: &mut [f32], t: usize, s: &mut Scratch) {
         let c = &self.config;
-        let (d, kv_dim, q_dim, p0) = (c.d_model, c.kv_dim(), c.n_head * c.head_dim, state.len);
+        let (kv_dim, q_dim, p0) = (c.kv_dim(), c.n_head * c.head_dim, state.cache.len);
 
-        let mut h = x.to_vec();
-        rmsnorm(&mut h, &w.attn_norm, c.rms_eps);
-        let mut q = vec![0f32; t * q_dim];
-        let mut k = vec![0f32; t * kv_dim];
-        let mut v = vec![0f32; t * kv_dim];
-        w.wq.matmul(&h, &mut q, t);
-        w.wk.matmul(&h, &mut k, t);
-        w.wv.matmul(&h, &mut v, t);
-        for i in 0..t {
-            state.rope.apply(&mut q[i * q_dim..][..q_dim], p0 + i);
-            state.rope.apply(&mut k[i * kv_dim..][..kv_dim], p0 + i);
+        s.h.copy_from_slice(x);
+        for row in s.h.chunks_exact_mut(c.d_model) {
+            rmsnorm(row, &w.attn_norm, c.rms_eps);
         }
-        state.keys[l][p0 * kv_dim..][..t * kv_dim].copy_from_slice(&k);
-        state.values[l][p0 * kv_dim..][..t * kv_dim].copy_from_slice(&v);
-
-        let mut attn = vec![0f32; t * q_dim];
+        matmul_fused(&s.h, t, self.activations, [(&w.wq, &mut s.q), (&w.wk, &mut s.k), (&w.wv, &mut s.v)]);
         for i in 0..t {
-            let visible = (p0 + i + 1) * kv_dim;
-            attend(&q[i * q_dim..][..q_dim], &state.keys[l][..visible], &state.values[l][..visible], c.n_kv_head, c.head_dim, None, &mut attn[i * q_dim..][..q_dim]);
+            state.rope.apply(&mut s.q[i * q_dim..][..q_dim], p0 + i);
+            state.rope.apply(&mut s.k[i * kv_dim..][..kv_dim], p0 + i);
         }
-        let mut o = vec![0f32; t * d];
-        w.wo.matmul(&attn, &mut o, t);
-        add_in_place(x, &o);
+        state.cache.store(l, &s.k, &s.v);
 
-        h.copy_from_slice(x);
-        rmsnorm(&mut h, &w.ffn_norm, c.rms_eps);
-        let mut gate = vec![0f32; t * c.d_ff];
-        let mut up = vec![0f32; t * c.d_ff];
-        w.w_gate.matmul(&h, &mut gate, t);
-        w.w_up.matmul(&h, &mut up, t);
-        swiglu(&mut gate, &up);
-        w.w_down.matmul(&gate, &mut o, t);
-        add_in_place(x, &o);
+        // Token i sees the cache up to and including itself (causal); every (token, head) pair
+        // is independent, so they run in parallel.
+        let (q, cache) = (&s.q, &state.cache);
+        let layout = HeadLayout { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: c.head_dim };
+        for_each_chunk(&mut s.attn, c.head_dim, |first, out| {
+            let (i, h) = (first / q_dim, first % q_dim / c.head_dim);
+            let (keys, values) = cache.visible(l, p0 + i + 1);
+            with_wide_simd(|| attend_head(&q[first..][..c.head_dim], h, keys, values, layout, None, out));
+        });
+        w.wo.matmul(&s.attn, &mut s.o, t, self.activations);
+        add_in_place(x, &s.o);
+
+        s.h.copy_from_slice(x);
+        for row in s.h.chunks_exact_mut(c.d_model) {
+            rmsnorm(row, &w.ffn_norm, c.rms_eps);
+        }
+        matmul_fused(&s.h, t, self.activations, [(&w.w_gate, &mut s.gate), (&w.w_up, &mut s.up)]);
+        swiglu(&mut s.gate, &s.up);
+        w.w_down.matmul(&s.gate, &mut s.o, t, self.activations);
+        add_in_place(x, &s.o);
     }
 }
 
-/// One sequence's state: the KV cache and its length.
+/// Activation buffers of one forward call, reused by every layer.
+struct Scratch {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(c: &LlamaConfig, t: usize) -> Self {
+        let q_dim = c.n_head * c.head_dim;
+        let zeros = |n: usize| vec![0f32; t * n];
+        Scratch { h: zeros(c.d_model), q: zeros(q_dim), k: zeros(c.kv_dim()), v: zeros(c.kv_dim()), attn: zeros(q_dim), o: zeros(c.d_model), gate: zeros(c.d_ff), up: zeros(c.d_ff) }
+    }
+}
+
+/// A sequence's decoding state: the KV cache and the RoPE table for its positions.
 #[derive(Debug, Clone)]
 pub struct LlamaState {
     rope: RopeTable,
-    /// Per layer: [context, kv_dim] (keys already rotated).
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-    pub len: usize,
-    pub context: usize,
+    pub cache: KvCache,
 }
 
 impl LlamaState {
-    /// Forgets the sequence (keeps the allocation).
     pub fn reset(&mut self) {
-        self.len = 0;
+        self.cache.len = 0;
+        self.cache.dropped = 0;
     }
 
-    /// Bytes held by the KV cache.
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.cache.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+
+    /// Capacity in positions.
+    pub fn context(&self) -> usize {
+        self.cache.context
+    }
+
+    /// Turns on the sliding window: when the cache is full, the oldest entries after the first
+    /// `sinks` make room, so generation can run past the context length.
+    pub fn slide(mut self, sinks: usize) -> Self {
+        self.cache.window = Some(SlidingWindow { sinks });
+        self
+    }
+
+    /// Whether `tokens` more can be run (sliding the window if there is one).
+    pub fn fits(&self, tokens: usize) -> bool {
+        self.cache.fits(tokens)
+    }
+
     pub fn byte_len(&self) -> usize {
-        4 * (self.keys.iter().map(Vec::len).sum::<usize>() + self.values.iter().map(Vec::len).sum::<usize>())
+        self.cache.byte_len()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod gguf_source;
 pub mod hf_llama;
+pub mod kv_cache;
 pub mod llama;
 
 use crate::tensor::WeightMatrix;

@@ -9,28 +9,41 @@ use crate::tensor::dot_f32;
 /// out: [n_head, head_dim]; `mask` (optional, [len]) adds 0 or −∞ per key (BERT padding).
 pub fn attend(q: &[f32], keys: &[f32], values: &[f32], n_kv_head: usize, head_dim: usize, mask: Option<&[f32]>, out: &mut [f32]) {
     let n_head = q.len() / head_dim;
+    let layout = HeadLayout { n_head, n_kv_head, head_dim };
+    for (h, (qh, oh)) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
+        attend_head(qh, h, keys, values, layout, mask, oh);
+    }
+}
+
+/// How query heads map onto KV heads (grouped-query attention: `n_head / n_kv_head` query
+/// heads share one KV head).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLayout {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+/// One query head `h` of one token: qh, out: [head_dim]; keys, values as in [`attend`].
+/// Heads are independent, so callers may run them in parallel.
+pub fn attend_head(qh: &[f32], h: usize, keys: &[f32], values: &[f32], layout: HeadLayout, mask: Option<&[f32]>, out: &mut [f32]) {
+    let HeadLayout { n_head, n_kv_head, head_dim } = layout;
     let kv_dim = n_kv_head * head_dim;
     let len = keys.len() / kv_dim;
-    let group = n_head / n_kv_head;
+    let offset = h / (n_head / n_kv_head) * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = vec![0f32; len];
-    for h in 0..n_head {
-        let kv = h / group;
-        let qh = &q[h * head_dim..][..head_dim];
-        for (s, score) in scores.iter_mut().enumerate() {
-            *score = dot_f32(qh, &keys[s * kv_dim + kv * head_dim..][..head_dim]) * scale;
-            if let Some(m) = mask {
-                *score += m[s];
-            }
+    let mut scores: Vec<f32> = (0..len).map(|s| dot_f32(qh, &keys[s * kv_dim + offset..][..head_dim]) * scale).collect();
+    if let Some(m) = mask {
+        for (score, m) in scores.iter_mut().zip(m) {
+            *score += m;
         }
-        softmax(&mut scores);
-        let oh = &mut out[h * head_dim..][..head_dim];
-        oh.fill(0.0);
-        for (s, &p) in scores.iter().enumerate() {
-            let vs = &values[s * kv_dim + kv * head_dim..][..head_dim];
-            for (o, &v) in oh.iter_mut().zip(vs) {
-                *o += p * v;
-            }
+    }
+    softmax(&mut scores);
+    out.fill(0.0);
+    for (s, &p) in scores.iter().enumerate() {
+        let vs = &values[s * kv_dim + offset..][..head_dim];
+        for (o, &v) in out.iter_mut().zip(vs) {
+            *o += p * v;
         }
     }
 }

@@ -46,6 +46,17 @@ impl RopeTable {
 
     /// Rotates every head of one token at position `pos`. x: [heads, head_dim], in place.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, 1.0);
+    }
+
+    /// Rotates back by `by` positions (x rotated for position p becomes rotated for p − by):
+    /// how the KV cache renumbers keys when its sliding window drops old entries.
+    pub fn rotate_back(&self, x: &mut [f32], by: usize) {
+        self.rotate(x, by, -1.0);
+    }
+
+    /// Rotation by the angles of position `pos`, with sin multiplied by `direction` (±1).
+    fn rotate(&self, x: &mut [f32], pos: usize, direction: f32) {
         let half = self.head_dim / 2;
         let (cos, sin) = (&self.cos[pos * half..][..half], &self.sin[pos * half..][..half]);
         for head in x.chunks_exact_mut(self.head_dim) {
@@ -54,9 +65,9 @@ impl RopeTable {
                     RopeStyle::AdjacentPairs => (2 * i, 2 * i + 1),
                     RopeStyle::RotateHalf => (i, i + half),
                 };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+                let (x0, x1, s) = (head[a], head[b], direction * sin[i]);
+                head[a] = x0 * cos[i] - x1 * s;
+                head[b] = x0 * s + x1 * cos[i];
             }
         }
     }
@@ -89,5 +100,20 @@ mod tests {
         assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
         t.apply(&mut x, 99);
         assert!((x.iter().map(|v| v * v).sum::<f32>() - 30.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rotating_back_renumbers_a_position() {
+        for style in [RopeStyle::AdjacentPairs, RopeStyle::RotateHalf] {
+            let t = RopeTable::new(style, 8, 10000.0, 64);
+            let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.71).sin()).collect();
+            let (mut at_40, mut at_27) = (x.clone(), x.clone());
+            t.apply(&mut at_40, 40);
+            t.apply(&mut at_27, 27);
+            t.rotate_back(&mut at_40, 13);
+            for (a, b) in at_40.iter().zip(&at_27) {
+                assert!((a - b).abs() < 1e-5, "{style:?}: {a} vs {b}");
+            }
+        }
     }
 }

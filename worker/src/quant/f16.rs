@@ -8,6 +8,7 @@ pub fn dequantize(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+#[inline]
 pub fn dot(bytes: &[u8], x: &[f32]) -> f32 {
     super::lanes_dot(x, |i| f16_at([bytes[2 * i], bytes[2 * i + 1]]))
 }

@@ -11,6 +11,7 @@ pub fn dequantize(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+#[inline]
 pub fn dot(bytes: &[u8], x: &[f32]) -> f32 {
     super::lanes_dot(x, |i| value(bytes, i))
 }

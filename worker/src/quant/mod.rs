@@ -6,14 +6,21 @@
 //! check, a reference dequantizer, a slow reference dot (`dot_reference`: dequantize, then
 //! multiply) and the fast `dot`; tests cross-check the two on random data.
 //!
+//! A second, faster path for the block formats quantizes the activations to 16 or 8 bits too
+//! and multiplies integers ([`integer`]), with AVX2 ([`simd_x86`]) and simd128 ([`simd_wasm`])
+//! kernels.
+//!
 //! Block layouts are GGUF's (so importing a GGUF tensor is a byte copy): blocks are not 4-byte
 //! aligned (Q8_0 is 34 bytes), so scales are read with `from_le_bytes`, never by casting.
 
 pub mod f16;
 pub mod f32;
+pub mod integer;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
+pub(crate) mod simd_wasm;
+pub(crate) mod simd_x86;
 
 use serde::{Deserialize, Serialize};
 

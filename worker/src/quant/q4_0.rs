@@ -27,6 +27,7 @@ pub fn dequantize(blocks: &[BlockQ4_0], out: &mut [f32]) {
 }
 
 /// d·(Σ q_j x_j − 8·Σ x_j): the offset folds into one multiply by the block's input sum.
+#[inline]
 pub fn dot(blocks: &[BlockQ4_0], input: &PreparedInput) -> f32 {
     let mut total = 0.0;
     for ((block, x), &sum) in blocks.iter().zip(input.x.chunks_exact(BLOCK)).zip(&input.block_sums) {

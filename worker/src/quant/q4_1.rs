@@ -45,6 +45,7 @@ pub(crate) fn nibble_dot(qs: &[u8; BLOCK / 2], x: &[f32]) -> f32 {
 }
 
 /// d·Σ q_j x_j + m·Σ x_j: the min folds into one multiply by the block's input sum.
+#[inline]
 pub fn dot(blocks: &[BlockQ4_1], input: &PreparedInput) -> f32 {
     let mut total = 0.0;
     for ((block, x), &sum) in blocks.iter().zip(input.x.chunks_exact(BLOCK)).zip(&input.block_sums) {

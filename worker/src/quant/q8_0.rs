@@ -25,6 +25,7 @@ pub fn dequantize(blocks: &[BlockQ8_0], out: &mut [f32]) {
 }
 
 /// Σ_blocks d · Σ_j q_j x_j, with the inner sum in 8 lanes.
+#[inline]
 pub fn dot(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
     let mut total = 0.0;
     for (block, x) in blocks.iter().zip(x.chunks_exact(BLOCK)) {

@@ -1,0 +1,133 @@
+//! x86_64 kernels (AVX2 + FMA + F16C, detected at run time so one binary runs everywhere).
+//!
+//! Two families:
+//! - integer-activation products ([`rows_dot_batch`], see [`super::integer`]): a block of 32
+//!   weights widens to two registers of 16 × i16 (Q4: low nibbles are values 0..16, high
+//!   nibbles 16..32; Q8_0: sign-extended), `vpmaddwd` multiplies them with the i16 activations
+//!   straight into 8 × i32 (exact), which convert once to f32 and take one FMA per block;
+//! - [`with_avx2`]: the portable f32-activation kernels compiled with AVX2/FMA enabled, so LLVM
+//!   vectorises them 8 wide. Same operation order, same results.
+//!
+//! Prefill tiles 4 tokens per weight row: each weight block is decoded once and multiplied with
+//! four activation blocks while it sits in a register.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::integer::QuantizedBatch;
+use super::{StorageType, BLOCK};
+
+/// Whether this CPU runs the kernels here (cached by std after the first query).
+#[inline]
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// Tokens per tile in prefill: four accumulators plus a decoded block fit the 16 ymm registers.
+const TILE: usize = 4;
+
+/// See [`super::integer::rows_dot_batch`] (which checks the shapes).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C ([`available`]); `rows` must hold whole rows of
+/// `batch.cols` values of `ty` and `out` one slot per (row, token).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_dot_batch(ty: StorageType, rows: &[u8], row_bytes: usize, batch: &QuantizedBatch, out: &mut [f32]) {
+    match ty {
+        StorageType::Q4_0 => rows_kind::<Q4_0>(rows, row_bytes, batch, out),
+        StorageType::Q4_1 => rows_kind::<Q4_1>(rows, row_bytes, batch, out),
+        StorageType::Q8_0 => rows_kind::<Q8_0>(rows, row_bytes, batch, out),
+        _ => unreachable!("checked by integer::rows_dot_batch"),
+    }
+}
+
+/// Q4_0 = 0, Q4_1 = 1, Q8_0 = 2: a const parameter so each format gets its own loop.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
+#[inline(always)]
+unsafe fn rows_kind<const KIND: u8>(rows: &[u8], row_bytes: usize, batch: &QuantizedBatch, out: &mut [f32]) {
+    let t = batch.tokens;
+    for (row, outs) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+        let mut tok = 0;
+        while tok + TILE <= t {
+            outs[tok..tok + TILE].copy_from_slice(&row_tile::<KIND, TILE>(row.as_ptr(), batch, tok));
+            tok += TILE;
+        }
+        while tok < t {
+            outs[tok] = row_tile::<KIND, 1>(row.as_ptr(), batch, tok)[0];
+            tok += 1;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn f16_to_f32(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// One weight row times `N` consecutive tokens starting at `tok0`.
+#[inline(always)]
+unsafe fn row_tile<const KIND: u8, const N: usize>(row: *const u8, batch: &QuantizedBatch, tok0: usize) -> [f32; N] {
+    let nb = batch.blocks_per_token();
+    let block_bytes = match KIND {
+        Q4_0 => super::q4_0::BLOCK_BYTES,
+        Q4_1 => super::q4_1::BLOCK_BYTES,
+        _ => super::q8_0::BLOCK_BYTES,
+    };
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offset_terms = [0f32; N];
+    for b in 0..nb {
+        let p = row.add(b * block_bytes);
+        let d_w = f16_to_f32(p);
+        let (values, b_w) = match KIND {
+            Q4_0 => (p.add(2), -8.0 * d_w),
+            Q4_1 => (p.add(4), f16_to_f32(p.add(2))),
+            _ => (p.add(2), 0.0),
+        };
+        // Weights 0..16 and 16..32 as i16.
+        let (w0, w1) = if KIND == Q8_0 {
+            (_mm256_cvtepi8_epi16(_mm_loadu_si128(values.cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(values.add(16).cast())))
+        } else {
+            let packed = _mm_loadu_si128(values.cast());
+            let mask = _mm_set1_epi8(0x0f);
+            (_mm256_cvtepu8_epi16(_mm_and_si128(packed, mask)), _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), mask)))
+        };
+        for n in 0..N {
+            let i = (tok0 + n) * nb + b;
+            let x = batch.qs.as_ptr().add(i * BLOCK);
+            let sums = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(x.cast())), _mm256_madd_epi16(w1, _mm256_loadu_si256(x.add(16).cast())));
+            let scale = _mm256_set1_ps(d_w * *batch.scales.get_unchecked(i));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[n]);
+            if KIND != Q8_0 {
+                offset_terms[n] += b_w * *batch.scaled_sums.get_unchecked(i);
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]) + offset_terms[n];
+    }
+    out
+}
+
+/// Runs `f` with AVX2/FMA/F16C enabled, so the portable kernels it inlines vectorise 8 wide
+/// (no fast-math: the order of float operations, hence the results, are unchanged).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
