@@ -221,7 +221,7 @@ pub enum Activations {
     /// f32 activations, weights dequantized in registers: the float reference's arithmetic.
     F32,
     /// Activations quantized to 16 bits per block of 32 for exact integer products with
-    /// Q4_0/Q4_1/Q8_0 weights (other types use f32): several times faster, logits within ~1e-3
+    /// Q4_0/Q4_1/Q8_0/Q3/Q2 weights (other types use f32): several times faster, logits within ~1e-3
     /// of the f32 path (see `quant::integer`). The default.
     #[default]
     Int16,

@@ -52,14 +52,14 @@ fn simd128_integer_kernels_match_the_portable_reference() {
         seed ^= seed << 17;
         (seed >> 32) as u32
     };
-    for ty in [StorageType::Q4_0, StorageType::Q4_1, StorageType::Q8_0] {
+    for ty in [StorageType::Q4_0, StorageType::Q4_1, StorageType::Q8_0, StorageType::Q3, StorageType::Q2] {
         for (rows, cols, tokens) in [(7, 576, 1), (5, 64, 3), (3, 1536, 6)] {
             let (elems, block_bytes) = ty.geometry();
             let mut w: Vec<u8> = (0..rows * cols / elems * block_bytes).map(|_| next() as u8).collect();
             for block in w.chunks_mut(block_bytes) {
                 // Sane f16 scale (and min): 0.01 and -0.02, so sums stay finite.
                 block[..2].copy_from_slice(&0x211eu16.to_le_bytes());
-                if ty == StorageType::Q4_1 {
+                if matches!(ty, StorageType::Q4_1 | StorageType::Q3 | StorageType::Q2) {
                     block[2..4].copy_from_slice(&0xa51eu16.to_le_bytes());
                 }
             }

@@ -2,14 +2,14 @@
 //!
 //! The activation vector is quantized once per product into blocks of 32 i16 with one f32 scale
 //! (`d = max|x| / 32767`, `q = round(x / d)`). The inner product of a quantized weight block with
-//! an activation block is then an exact integer sum accumulated in i32 (u8 nibbles × i16 for
-//! Q4_0/Q4_1, i8 × i16 for Q8_0; at most 32·128·32767 < 2³¹), and each block costs one float
-//! multiply:
+//! an activation block is then an exact integer sum accumulated in i32 (u8 nibbles, 3-bit or
+//! 2-bit values × i16 for Q4_0/Q4_1/Q3/Q2, i8 × i16 for Q8_0; at most 32·128·32767 < 2³¹),
+//! and each block costs one float multiply:
 //!
 //! ```text
 //! block(w)·block(x) ≈ d_w·d_x·Σ n_j q_j + b_w·(d_x·Σ q_j)
-//!   Q4_1: n = nibble, b_w = m (the block min)      Q4_0: n = nibble, b_w = −8·d_w
-//!   Q8_0: n = i8 weight, b_w = 0
+//!   Q4_1, Q3, Q2: n = unsigned value, b_w = m (the block min)
+//!   Q4_0: n = nibble, b_w = −8·d_w                 Q8_0: n = i8 weight, b_w = 0
 //! ```
 //!
 //! The only error is the activation's rounding, half a step of `max|x| / 32767` per value: on
@@ -76,7 +76,7 @@ fn round_small(v: f32) -> f32 {
 
 /// Whether `ty` has an integer kernel (the quantized block formats).
 pub fn supports(ty: StorageType) -> bool {
-    matches!(ty, StorageType::Q4_0 | StorageType::Q4_1 | StorageType::Q8_0)
+    matches!(ty, StorageType::Q4_0 | StorageType::Q4_1 | StorageType::Q8_0 | StorageType::Q3 | StorageType::Q2)
 }
 
 /// out[r·t + tok] = row r of `rows` · token `tok` of `batch`, for every row and token.
@@ -107,7 +107,7 @@ pub(crate) fn block_params(ty: StorageType, block: &[u8]) -> (f32, f32, usize) {
     let d = f16_at([block[0], block[1]]);
     match ty {
         StorageType::Q4_0 => (d, -8.0 * d, 2),
-        StorageType::Q4_1 => (d, f16_at([block[2], block[3]]), 4),
+        StorageType::Q4_1 | StorageType::Q3 | StorageType::Q2 => (d, f16_at([block[2], block[3]]), 4),
         _ => (d, 0.0, 2),
     }
 }
@@ -124,10 +124,12 @@ pub fn rows_dot_batch_portable(ty: StorageType, rows: &[u8], row_bytes: usize, b
                 let i = tok * nb + b;
                 let q = |j: usize| batch.qs[i * BLOCK + j] as i32;
                 let values = &block[start..];
-                let idot: i32 = if ty == StorageType::Q8_0 {
-                    (0..BLOCK).map(|j| (values[j] as i8) as i32 * q(j)).sum()
-                } else {
-                    (0..BLOCK / 2).map(|j| (values[j] & 0x0f) as i32 * q(j) + (values[j] >> 4) as i32 * q(j + 16)).sum()
+                let unsigned_dot = |n: [u8; BLOCK]| (0..BLOCK).map(|j| n[j] as i32 * q(j)).sum::<i32>();
+                let idot: i32 = match ty {
+                    StorageType::Q8_0 => (0..BLOCK).map(|j| (values[j] as i8) as i32 * q(j)).sum(),
+                    StorageType::Q3 => unsigned_dot(super::q3::blocks(block)[0].values()),
+                    StorageType::Q2 => unsigned_dot(super::q2::blocks(block)[0].values()),
+                    _ => (0..BLOCK / 2).map(|j| (values[j] & 0x0f) as i32 * q(j) + (values[j] >> 4) as i32 * q(j + 16)).sum(),
                 };
                 total += d_w * batch.scales[i] * idot as f32 + b_w * batch.scaled_sums[i];
             }
@@ -142,7 +144,7 @@ mod tests {
     use crate::quant::tests::{random_row, Rng};
     use crate::quant::{dot_row_reference, dot_row, PreparedInput};
 
-    const TYPES: [StorageType; 3] = [StorageType::Q4_0, StorageType::Q4_1, StorageType::Q8_0];
+    const TYPES: [StorageType; 5] = [StorageType::Q4_0, StorageType::Q4_1, StorageType::Q8_0, StorageType::Q3, StorageType::Q2];
 
     fn random_case(ty: StorageType, rows: usize, cols: usize, tokens: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
         let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, rng)).collect();

@@ -11,11 +11,14 @@
 //! kernels.
 //!
 //! Block layouts are GGUF's (so importing a GGUF tensor is a byte copy): blocks are not 4-byte
-//! aligned (Q8_0 is 34 bytes), so scales are read with `from_le_bytes`, never by casting.
+//! aligned (Q8_0 is 34 bytes), so scales are read with `from_le_bytes`, never by casting. Q3
+//! and Q2 are this engine's own formats (no GGUF equivalent; layouts in [`q3`] and [`q2`]).
 
 pub mod f16;
 pub mod f32;
 pub mod integer;
+pub mod q2;
+pub mod q3;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
@@ -41,6 +44,10 @@ pub enum StorageType {
     Q4_0,
     /// GGUF Q4_1: f16 scale d, f16 min m, 16 bytes of nibbles; value = d·q + m.
     Q4_1,
+    /// Own format: f16 scale d, f16 min m, 3-bit q in two bit planes; value = d·q + m.
+    Q3,
+    /// Own format: f16 scale d, f16 min m, 2-bit q; value = d·q + m.
+    Q2,
 }
 
 impl StorageType {
@@ -52,6 +59,8 @@ impl StorageType {
             StorageType::Q8_0 => (BLOCK, q8_0::BLOCK_BYTES),
             StorageType::Q4_0 => (BLOCK, q4_0::BLOCK_BYTES),
             StorageType::Q4_1 => (BLOCK, q4_1::BLOCK_BYTES),
+            StorageType::Q3 => (BLOCK, q3::BLOCK_BYTES),
+            StorageType::Q2 => (BLOCK, q2::BLOCK_BYTES),
         }
     }
 
@@ -80,13 +89,15 @@ impl StorageType {
             StorageType::Q8_0 => "q8_0",
             StorageType::Q4_0 => "q4_0",
             StorageType::Q4_1 => "q4_1",
+            StorageType::Q3 => "q3",
+            StorageType::Q2 => "q2",
         }
     }
 }
 
 /// An activation vector prepared once per matrix-vector product and shared by every row: the
-/// values, and their sums per block of 32 (Q4 formats fold their offset into one multiply by
-/// the block sum instead of 32 subtractions).
+/// values, and their sums per block of 32 (Q4_0 and the min formats Q4_1/Q3/Q2 fold their
+/// offset into one multiply by the block sum instead of 32 subtractions).
 #[derive(Debug, Clone)]
 pub struct PreparedInput<'a> {
     pub x: &'a [f32],
@@ -108,6 +119,8 @@ pub fn dequantize_row(ty: StorageType, bytes: &[u8], out: &mut [f32]) {
         StorageType::Q8_0 => q8_0::dequantize(q8_0::blocks(bytes), out),
         StorageType::Q4_0 => q4_0::dequantize(q4_0::blocks(bytes), out),
         StorageType::Q4_1 => q4_1::dequantize(q4_1::blocks(bytes), out),
+        StorageType::Q3 => q3::dequantize(q3::blocks(bytes), out),
+        StorageType::Q2 => q2::dequantize(q2::blocks(bytes), out),
     }
 }
 
@@ -127,6 +140,8 @@ pub fn dot_row(ty: StorageType, bytes: &[u8], input: &PreparedInput) -> f32 {
         StorageType::Q8_0 => q8_0::dot(q8_0::blocks(bytes), input.x),
         StorageType::Q4_0 => q4_0::dot(q4_0::blocks(bytes), input),
         StorageType::Q4_1 => q4_1::dot(q4_1::blocks(bytes), input),
+        StorageType::Q3 => q3::dot(q3::blocks(bytes), input),
+        StorageType::Q2 => q2::dot(q2::blocks(bytes), input),
     }
 }
 
@@ -200,7 +215,7 @@ pub(crate) mod tests {
                     block[..2].copy_from_slice(&scale(rng));
                 }
             }
-            StorageType::Q4_1 => {
+            StorageType::Q4_1 | StorageType::Q3 | StorageType::Q2 => {
                 for block in bytes.chunks_mut(ty.geometry().1) {
                     block[..2].copy_from_slice(&scale(rng));
                     block[2..4].copy_from_slice(&scale(rng));
@@ -210,7 +225,8 @@ pub(crate) mod tests {
         bytes
     }
 
-    const ALL: [StorageType; 5] = [StorageType::F32, StorageType::F16, StorageType::Q8_0, StorageType::Q4_0, StorageType::Q4_1];
+    pub const ALL: [StorageType; 7] =
+        [StorageType::F32, StorageType::F16, StorageType::Q8_0, StorageType::Q4_0, StorageType::Q4_1, StorageType::Q3, StorageType::Q2];
 
     #[test]
     fn fast_dot_matches_reference_for_every_type() {

@@ -36,6 +36,23 @@ fn widen_block(ty: StorageType, values: &[u8]) -> [v128; 4] {
         let a = v128_load_16(&values[..16]);
         let b = v128_load_16(&values[16..32]);
         [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b)]
+    } else if ty == StorageType::Q3 || ty == StorageType::Q2 {
+        // Strided 2-bit plane (see `q2`): the 8 bytes shifted by 2k and masked are elements
+        // 8k..8k+8, so two u64 lanes per register give elements 0..16 and 16..32.
+        let qs = u64::from_le_bytes([values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7]]);
+        let mask = u8x16_splat(3);
+        let mut lo = v128_and(u64x2(qs, qs >> 2), mask);
+        let mut hi = v128_and(u64x2(qs >> 4, qs >> 6), mask);
+        if ty == StorageType::Q3 {
+            // High-bit plane (see `q3`): lane k of the result needs bit k of every byte (elements
+            // 4k..4k+4). simd128 has no per-lane shift, but multiplying by 2^(7−k) (wrapping)
+            // moves bit k of each byte to that byte's bit 7 without disturbing it from below.
+            let h = u32x4_splat(u32::from_le_bytes([values[8], values[9], values[10], values[11]]));
+            let top = u8x16_splat(0x80);
+            lo = v128_or(lo, u8x16_shr(v128_and(i32x4_mul(h, u32x4(128, 64, 32, 16)), top), 5));
+            hi = v128_or(hi, u8x16_shr(v128_and(i32x4_mul(h, u32x4(8, 4, 2, 1)), top), 5));
+        }
+        [u16x8_extend_low_u8x16(lo), u16x8_extend_high_u8x16(lo), u16x8_extend_low_u8x16(hi), u16x8_extend_high_u8x16(hi)]
     } else {
         let packed = v128_load_16(&values[..16]);
         let lo = v128_and(packed, u8x16_splat(0x0f));

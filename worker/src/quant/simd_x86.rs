@@ -3,7 +3,9 @@
 //! Two families:
 //! - integer-activation products ([`rows_dot_batch`], see [`super::integer`]): a block of 32
 //!   weights widens to two registers of 16 × i16 (Q4: low nibbles are values 0..16, high
-//!   nibbles 16..32; Q8_0: sign-extended), `vpmaddwd` multiplies them with the i16 activations
+//!   nibbles 16..32; Q8_0: sign-extended; Q3/Q2: per-dword variable shifts lay the strided bit
+//!   planes out in element order, see [`two_bit_values`]), `vpmaddwd` multiplies them with the
+//!   i16 activations
 //!   straight into 8 × i32 (exact), which convert once to f32 and take one FMA per block;
 //! - [`with_avx2`]: the portable f32-activation kernels compiled with AVX2/FMA enabled, so LLVM
 //!   vectorises them 8 wide. Same operation order, same results.
@@ -38,14 +40,19 @@ pub unsafe fn rows_dot_batch(ty: StorageType, rows: &[u8], row_bytes: usize, bat
         StorageType::Q4_0 => rows_kind::<Q4_0>(rows, row_bytes, batch, out),
         StorageType::Q4_1 => rows_kind::<Q4_1>(rows, row_bytes, batch, out),
         StorageType::Q8_0 => rows_kind::<Q8_0>(rows, row_bytes, batch, out),
+        StorageType::Q3 => rows_kind::<Q3>(rows, row_bytes, batch, out),
+        StorageType::Q2 => rows_kind::<Q2>(rows, row_bytes, batch, out),
         _ => unreachable!("checked by integer::rows_dot_batch"),
     }
 }
 
-/// Q4_0 = 0, Q4_1 = 1, Q8_0 = 2: a const parameter so each format gets its own loop.
+/// Q4_0 = 0, Q4_1 = 1, Q8_0 = 2, Q3 = 3, Q2 = 4: a const parameter so each format gets its
+/// own loop.
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
+const Q3: u8 = 3;
+const Q2: u8 = 4;
 
 #[inline(always)]
 unsafe fn rows_kind<const KIND: u8>(rows: &[u8], row_bytes: usize, batch: &QuantizedBatch, out: &mut [f32]) {
@@ -84,6 +91,8 @@ unsafe fn row_tile<const KIND: u8, const N: usize>(row: *const u8, batch: &Quant
     let block_bytes = match KIND {
         Q4_0 => super::q4_0::BLOCK_BYTES,
         Q4_1 => super::q4_1::BLOCK_BYTES,
+        Q3 => super::q3::BLOCK_BYTES,
+        Q2 => super::q2::BLOCK_BYTES,
         _ => super::q8_0::BLOCK_BYTES,
     };
     let mut acc = [_mm256_setzero_ps(); N];
@@ -93,12 +102,18 @@ unsafe fn row_tile<const KIND: u8, const N: usize>(row: *const u8, batch: &Quant
         let d_w = f16_to_f32(p);
         let (values, b_w) = match KIND {
             Q4_0 => (p.add(2), -8.0 * d_w),
-            Q4_1 => (p.add(4), f16_to_f32(p.add(2))),
+            Q4_1 | Q3 | Q2 => (p.add(4), f16_to_f32(p.add(2))),
             _ => (p.add(2), 0.0),
         };
         // Weights 0..16 and 16..32 as i16.
         let (w0, w1) = if KIND == Q8_0 {
             (_mm256_cvtepi8_epi16(_mm_loadu_si128(values.cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(values.add(16).cast())))
+        } else if KIND == Q3 || KIND == Q2 {
+            let mut v = two_bit_values(values);
+            if KIND == Q3 {
+                v = _mm256_or_si256(v, q3_high_bits(values.add(8)));
+            }
+            (_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v)))
         } else {
             let packed = _mm_loadu_si128(values.cast());
             let mask = _mm_set1_epi8(0x0f);
@@ -120,6 +135,26 @@ unsafe fn row_tile<const KIND: u8, const N: usize>(row: *const u8, batch: &Quant
         out[n] = hsum(acc[n]) + offset_terms[n];
     }
     out
+}
+
+/// The 32 two-bit values of a Q2 block (or Q3's low bits), one per byte in element order, from
+/// the 8 strided bytes at `qs` (see `q2`'s layout): with the two u32 words w0, w1 broadcast as
+/// [w0, w1, w0, w1, …], dword j shifted right by 2·(j / 2) holds elements 4j..4j+4 in its bytes.
+#[inline(always)]
+unsafe fn two_bit_values(qs: *const u8) -> __m256i {
+    let words = _mm256_set1_epi64x(std::ptr::read_unaligned(qs.cast::<i64>()));
+    _mm256_and_si256(_mm256_srlv_epi32(words, _mm256_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6)), _mm256_set1_epi8(3))
+}
+
+/// Q3's high-bit plane (the u32 at `qh`, see `q3`'s layout) as 0 or 4 per element, one per byte
+/// in element order: dword k of the broadcast shifted right by k holds elements 4k..4k+4 in the
+/// low bit of its bytes.
+#[inline(always)]
+unsafe fn q3_high_bits(qh: *const u8) -> __m256i {
+    let h = _mm256_set1_epi32(std::ptr::read_unaligned(qh.cast::<i32>()));
+    let bits = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), _mm256_set1_epi8(1));
+    // Values are 0 or 1 per byte, so a dword shift cannot carry across bytes.
+    _mm256_slli_epi32::<2>(bits)
 }
 
 /// Runs `f` with AVX2/FMA/F16C enabled, so the portable kernels it inlines vectorise 8 wide
