@@ -12,7 +12,8 @@
 //!
 //! Block layouts are GGUF's (so importing a GGUF tensor is a byte copy): blocks are not 4-byte
 //! aligned (Q8_0 is 34 bytes), so scales are read with `from_le_bytes`, never by casting. Q3
-//! and Q2 are this engine's own formats (no GGUF equivalent; layouts in [`q3`] and [`q2`]).
+//! and Q2 are this engine's own formats (no GGUF equivalent; layouts in [`q3`] and [`q2`]),
+//! made by [`quantize`].
 
 pub mod f16;
 pub mod f32;
@@ -22,6 +23,7 @@ pub mod q3;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
+pub mod quantize;
 pub(crate) mod simd_wasm;
 pub(crate) mod simd_x86;
 
