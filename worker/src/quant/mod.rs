@@ -13,10 +13,12 @@
 //! Block layouts are GGUF's (so importing a GGUF tensor is a byte copy): blocks are not 4-byte
 //! aligned (Q8_0 is 34 bytes), so scales are read with `from_le_bytes`, never by casting. Q3
 //! and Q2 are this engine's own formats (no GGUF equivalent; layouts in [`q3`] and [`q2`]),
-//! made by [`quantize`].
+//! made by [`quantize`]; [`ggml_import`] dequantizes the GGUF types that have no lossless
+//! storage type here (K-quants, Q5, BF16) so they can be requantized on import.
 
 pub mod f16;
 pub mod f32;
+pub mod ggml_import;
 pub mod integer;
 pub mod q2;
 pub mod q3;
