@@ -7,7 +7,9 @@
 #   dist/accel-worker.js       engine worker glue  -> pkg/worker.js + pkg/worker_bg.wasm
 #   dist/accel-sw.js           service-worker glue -> pkg/sw.js + pkg/sw_bg.wasm.js (inlined wasm)
 #   dist/app-shell.json        what the service worker precaches on install
-#   dist/models/<name>/        the models, linked from the model cache (never copied into git)
+#   dist/models/<name>/        the packed models (manifest.json + shards/, packed by `accel pack`
+#                              into $ACCEL_CACHE/packed) and their source files, linked from the
+#                              model cache (never copied into git)
 #
 # wasm-bindgen uses `--target web` (ES modules): the worker is a module worker and the service
 # worker a module service worker (static imports only).
@@ -37,8 +39,17 @@ cp demo/*.js demo/*.css demo/*.svg "$DIST.tmp/demo/"
 cp host-js/*.js host-js/*.d.ts host-js/package.json "$DIST.tmp/host-js/"
 cp worker/js/accel-worker.js sw/js/accel-sw.js "$DIST.tmp/"
 
-# Models as fetched (the packer replaces these with manifest.json + shards/ at the same paths).
-mkdir -p "$DIST.tmp/models/smollm2-135m" "$DIST.tmp/models/minilm-l6"
+# The default models, packed (manifest.json + shards/, what the runtime loads) into the cache
+# and linked in; packing is deterministic, so an unchanged model gives the same shard names.
+cargo build --release -p worker --bin accel
+pack() { # name input precision
+  target/release/accel pack "$2" --out "$CACHE/packed/$1" --name "$1" --precision "$3" >/dev/null
+  mkdir -p "$DIST.tmp/models/$1"
+  ln -s "$CACHE/packed/$1/manifest.json" "$CACHE/packed/$1/shards" "$DIST.tmp/models/$1/"
+}
+pack smollm2-135m "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" keep
+pack minilm-l6 "$CACHE/minilm" f32
+# The source files too, for the file-level cache demo and tests (fetchFile).
 ln -s "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIST.tmp/models/smollm2-135m/"
 for f in model.safetensors tokenizer.json config.json; do
   ln -s "$CACHE/minilm/$f" "$DIST.tmp/models/minilm-l6/"

@@ -25,6 +25,18 @@ pub enum SwError {
     /// A request URL could not be parsed.
     #[error("cannot parse request URL {url:?}")]
     BadUrl { url: String },
+
+    /// A packed model's manifest is malformed or inconsistent.
+    #[error("invalid model manifest: {reason}; re-pack the model with `accel pack`")]
+    Manifest { reason: String },
+
+    /// A manifest written by a newer version of the packer.
+    #[error("the model manifest has format version {found}, but this build reads up to version {supported}; update ipfs-accelerate-web")]
+    ManifestVersion { found: u64, supported: u32 },
+
+    /// Bytes that are not what their content address says (corrupt download or file).
+    #[error("{what} failed verification: expected sha256 {expected}, got {actual}; it was not used — re-download or re-pack it")]
+    Integrity { what: String, expected: String, actual: String },
 }
 
 impl SwError {
@@ -36,6 +48,9 @@ impl SwError {
             SwError::Storage { .. } => "StorageError",
             SwError::InvalidHash { .. } => "InvalidHashError",
             SwError::BadUrl { .. } => "BadUrlError",
+            SwError::Manifest { .. } => "ManifestError",
+            SwError::ManifestVersion { .. } => "ManifestVersionError",
+            SwError::Integrity { .. } => "IntegrityError",
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod content;
 pub mod error;
+pub mod manifest;
 pub mod route;
 pub mod serve;
 pub mod store;
@@ -25,6 +26,7 @@ pub mod idb;
 
 pub use content::{sha256_hex, ContentHash};
 pub use error::SwError;
+pub use manifest::Manifest;
 pub use route::{route_request, Route};
 pub use serve::{serve, Fetched, Network, Served, Source};
 pub use store::{BlobStore, MemoryStore, StoredBlob};

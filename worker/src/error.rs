@@ -51,9 +51,14 @@ pub enum WorkerError {
     #[error("the prompt has {tokens} tokens but the context window holds {context}; shorten the prompt or load the model with a larger context")]
     ContextOverflow { tokens: usize, context: usize },
 
-    /// Reading a local file failed (native CLI).
-    #[error("cannot read {path}: {reason}")]
+    /// Reading or writing a local file failed (native CLI).
+    #[error("cannot access {path}: {reason}")]
     Io { path: String, reason: String },
+
+    /// A packed model's manifest or shard failed validation (the `sw` crate owns the format;
+    /// its error keeps its own name: ManifestError, ManifestVersionError, IntegrityError).
+    #[error(transparent)]
+    Package(#[from] sw::SwError),
 }
 
 impl WorkerError {
@@ -71,6 +76,7 @@ impl WorkerError {
             WorkerError::Tokenizer { .. } => "TokenizerError",
             WorkerError::ContextOverflow { .. } => "ContextOverflowError",
             WorkerError::Io { .. } => "IoError",
+            WorkerError::Package(inner) => inner.name(),
         }
     }
 }

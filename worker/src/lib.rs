@@ -16,6 +16,8 @@ pub mod generate;
 pub mod loader;
 pub mod models;
 pub mod ops;
+pub mod pack;
+pub mod eval;
 pub mod protocol;
 pub mod quant;
 pub mod sampler;

@@ -1,8 +1,11 @@
-//! From bytes or a path to a ready model: detects the format (GGUF file, HF directory) and the
-//! architecture, and builds the model with its tokenizer.
+//! From bytes or a path to a ready model: detects the format (GGUF file, HF directory, packed
+//! directory) and the architecture, and builds the model with its tokenizer — or, for
+//! `accel pack`, loads it through a recording source and builds the pack.
 
 use crate::formats::gguf::GgufFile;
-use crate::models::llama::Llama;
+use crate::models::bert::{Bert, Embedder};
+use crate::models::llama::{Llama, LlamaConfig};
+use crate::models::packed_source::PackedModel;
 use crate::tensor::SharedBytes;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::WorkerError;
@@ -25,6 +28,12 @@ impl TextModel {
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let model = Llama::from_gguf(&file, bytes)?;
         Ok(TextModel { model, tokenizer })
+    }
+
+    /// A packed Llama (manifest + verified shards).
+    pub fn from_packed(pack: &PackedModel) -> Result<Self, WorkerError> {
+        require_architecture(pack, "llama")?;
+        Ok(TextModel { model: Llama::load(pack, pack.hyperparameters()?)?, tokenizer: pack.tokenizer()? })
     }
 
     /// Token ids for a prompt: as plain text, or wrapped by the model's chat template as one
@@ -129,10 +138,154 @@ pub fn load_text_model(path: &std::path::Path) -> Result<TextModel, WorkerError>
     match detect_path(path)? {
         ModelPathKind::GgufFile => TextModel::from_gguf(map_file(path)?, &path.display().to_string()),
         ModelPathKind::HfDirectory => TextModel::from_hf_dir(path),
-        ModelPathKind::PackedDirectory => Err(WorkerError::ModelFormat {
-            source_name: path.display().to_string(),
-            format: "packed model",
-            reason: "packed models load once the packed-format issue (#4) lands".into(),
-        }),
+        ModelPathKind::PackedDirectory => TextModel::from_packed(&PackedModel::open(path)?),
     }
+}
+
+/// Loads a sentence-embedding model from an HF directory or a packed directory.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_embedder(path: &std::path::Path) -> Result<Embedder, WorkerError> {
+    match detect_path(path)? {
+        ModelPathKind::HfDirectory => Embedder::from_hf_dir(path),
+        ModelPathKind::PackedDirectory => Embedder::from_packed(&PackedModel::open(path)?),
+        ModelPathKind::GgufFile => Err(WorkerError::UnsupportedArchitecture { architecture: format!("{} is a GGUF; embedding models load from an HF or packed directory", path.display()) }),
+    }
+}
+
+/// Whether `path` holds an embedding (BERT) model rather than a text-generation one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn is_embedding_model(path: &std::path::Path) -> Result<bool, WorkerError> {
+    use crate::formats::hf_config::HfConfig;
+    let read = |name: &str| {
+        let file = path.join(name);
+        std::fs::read(&file).map_err(|e| WorkerError::Io { path: file.display().to_string(), reason: e.to_string() })
+    };
+    Ok(match detect_path(path)? {
+        ModelPathKind::GgufFile => false,
+        ModelPathKind::HfDirectory => matches!(HfConfig::parse(&read("config.json")?, "config.json")?, HfConfig::Bert(_)),
+        ModelPathKind::PackedDirectory => sw::Manifest::parse(&read("manifest.json")?)?.architecture == "bert",
+    })
+}
+
+impl Embedder {
+    /// A packed BERT (manifest + verified shards).
+    pub fn from_packed(pack: &PackedModel) -> Result<Self, WorkerError> {
+        require_architecture(pack, "bert")?;
+        Ok(Embedder::new(Bert::load(pack, pack.hyperparameters()?)?, pack.tokenizer()?))
+    }
+}
+
+fn require_architecture(pack: &PackedModel, expected: &str) -> Result<(), WorkerError> {
+    let found = &pack.manifest.architecture;
+    if found == expected {
+        Ok(())
+    } else {
+        let use_instead = if found == "bert" { "an embedding model: use embed" } else { "a text-generation model: use generate" };
+        Err(WorkerError::UnsupportedArchitecture { architecture: format!("{found} ({} is {use_instead})", pack.manifest.name) })
+    }
+}
+
+/// `accel pack`: loads the model at `input` (GGUF, HF directory, or another pack) through a
+/// recording source and packs what the architecture loaded (see [`crate::pack`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, shard_bytes: usize, name: Option<&str>) -> Result<crate::pack::Pack, WorkerError> {
+    use crate::formats::hf_config::HfConfig;
+    use crate::formats::safetensors::{SafetensorsFile, SafetensorsSource};
+    use crate::models::gguf_source::GgufSource;
+    use crate::models::hf_llama::HfLlamaNames;
+    use crate::pack::{build, Recording};
+
+    let default_name = sanitize_name(&input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let name = name.map(str::to_owned).unwrap_or(default_name);
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(WorkerError::InvalidParameter { reason: format!("--name {name:?}: use ASCII letters, digits, '-', '_' and '.'") });
+    }
+    match detect_path(input)? {
+        ModelPathKind::GgufFile => {
+            let bytes = map_file(input)?;
+            let file = GgufFile::parse(&bytes, &input.display().to_string())?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let config = LlamaConfig::from_gguf(&file)?;
+            let source = GgufSource { file: &file, bytes: bytes.clone(), architecture: "llama".into() };
+            let recording = Recording::new(&source);
+            let stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
+            build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+        }
+        ModelPathKind::HfDirectory => {
+            let config_path = input.join("config.json");
+            let config_json = std::fs::read(&config_path).map_err(|e| WorkerError::Io { path: config_path.display().to_string(), reason: e.to_string() })?;
+            let tokenizer_path = input.join("tokenizer.json");
+            let tokenizer_json = std::fs::read(&tokenizer_path).map_err(|e| WorkerError::Io { path: tokenizer_path.display().to_string(), reason: e.to_string() })?;
+            let tokenizer = Tokenizer::from_json_bytes(&tokenizer_json)?;
+            let weights = SafetensorsFile::open(&input.join("model.safetensors"))?;
+            match HfConfig::parse(&config_json, &config_path.display().to_string())? {
+                HfConfig::Llama(c) => {
+                    let config = LlamaConfig::from_hf(&c);
+                    let source = SafetensorsSource::new(weights, "llama");
+                    let names = HfLlamaNames(&source);
+                    let recording = Recording::new(&names);
+                    let stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
+                    build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+                }
+                HfConfig::Bert(config) => {
+                    let source = SafetensorsSource::new(weights, "bert").with_prefix("bert.");
+                    let recording = Recording::new(&source);
+                    let embedder = Embedder::new(Bert::load(&recording, config.clone())?, tokenizer.clone());
+                    let stats = bert_activation_stats(&embedder, precision)?;
+                    build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+                }
+            }
+        }
+        ModelPathKind::PackedDirectory => {
+            let pack = PackedModel::open(input)?;
+            let tokenizer = pack.tokenizer()?;
+            let recording = Recording::new(&pack);
+            let architecture = pack.manifest.architecture.clone();
+            let stats = match architecture.as_str() {
+                "llama" => llama_activation_stats(&Llama::load(&recording, pack.hyperparameters()?)?, &tokenizer, precision)?,
+                "bert" => bert_activation_stats(&Embedder::new(Bert::load(&recording, pack.hyperparameters()?)?, tokenizer.clone()), precision)?,
+                other => return Err(WorkerError::UnsupportedArchitecture { architecture: other.to_owned() }),
+            };
+            let hyperparameters = pack.manifest.hyperparameters.clone();
+            build(recording, &name, &architecture, hyperparameters, &tokenizer, precision, shard_bytes, &stats)
+        }
+    }
+}
+
+/// Mean squares of every matrix input over the calibration text, in f32 (see
+/// `tensor::calibration`); skipped for `keep`, which re-encodes nothing.
+#[cfg(not(target_arch = "wasm32"))]
+fn llama_activation_stats(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision) -> Result<ActivationStats, WorkerError> {
+    if *precision == crate::pack::Precision::Keep {
+        return Ok(ActivationStats::new());
+    }
+    let ids = tokenizer.encode(crate::pack::CALIBRATION_TEXT, false)?;
+    let mut model = model.clone();
+    model.activations = crate::tensor::Activations::F32;
+    let mut state = model.new_state(ids.len());
+    let ids = &ids[..ids.len().min(state.context())];
+    let (result, stats) = crate::tensor::calibration::record(|| model.forward(&mut state, ids, false));
+    result.map(|_| stats)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn bert_activation_stats(embedder: &Embedder, precision: &crate::pack::Precision) -> Result<ActivationStats, WorkerError> {
+    if *precision == crate::pack::Precision::Keep {
+        return Ok(ActivationStats::new());
+    }
+    let lines: Vec<&str> = crate::pack::CALIBRATION_TEXT.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (result, stats) = crate::tensor::calibration::record(|| embedder.embed(&lines));
+    result.map(|_| stats)
+}
+
+type ActivationStats = std::collections::HashMap<String, Vec<f32>>;
+
+fn hyperparameters_json(config: &impl serde::Serialize) -> Result<serde_json::Value, WorkerError> {
+    serde_json::to_value(config).map_err(|e| WorkerError::Metadata { key: "hyperparameters".into(), reason: e.to_string() })
+}
+
+/// A file stem as a model name: lowercase, with anything but letters, digits, '-', '_', '.'
+/// turned into '-'.
+fn sanitize_name(stem: &str) -> String {
+    stem.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c.to_ascii_lowercase() } else { '-' }).collect()
 }

@@ -100,6 +100,11 @@ impl WeightMatrix {
         self.bytes.len()
     }
 
+    /// The stored bytes, row-major (what a packer copies).
+    pub fn stored_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Row `r` as f32 (embedding lookup). `out.len() == cols`.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         quant::dequantize_row(self.ty, self.row(r), out);
@@ -117,6 +122,9 @@ impl WeightMatrix {
     /// weights stream through memory once per batch instead of once per token.
     pub fn matmul(&self, xs: &[f32], ys: &mut [f32], t: usize, activations: Activations) {
         debug_assert_eq!((xs.len(), ys.len()), (t * self.cols, t * self.rows));
+        if calibration::active() {
+            calibration::observe(&self.name, xs, self.cols);
+        }
         let prepared = Prepared::new(self.ty, xs, t, activations);
         if t == 1 {
             return for_each_chunk(ys, ROWS_PER_TASK, |first, chunk| self.product_rows(first, chunk, &prepared));
@@ -193,7 +201,7 @@ pub fn matmul_fused<const N: usize>(xs: &[f32], t: usize, activations: Activatio
     let first_ty = products[0].0.ty;
     // One prepared input must suit every matrix: all take integer activations or none does.
     let same_kind = products.iter().all(|(w, _)| quant::integer::supports(w.ty) == quant::integer::supports(first_ty));
-    if t != 1 || !same_kind {
+    if t != 1 || !same_kind || calibration::active() {
         for (w, out) in products {
             w.matmul(xs, out, t, activations);
         }
@@ -213,6 +221,47 @@ pub fn matmul_fused<const N: usize>(xs: &[f32], t: usize, activations: Activatio
     }
     #[cfg(target_arch = "wasm32")]
     tasks.into_iter().for_each(run);
+}
+
+/// Activation statistics for importance-weighted quantization (`accel pack`): while
+/// [`calibration::record`] runs a model, every matrix product notes the mean square of each
+/// input column, E[a_j²] — the weight of column j's rounding error in the product's output.
+pub mod calibration {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    static ACTIVE: AtomicBool = AtomicBool::new(false);
+    /// Per matrix name: Σ a_j² per column and the number of rows seen.
+    static STATS: Mutex<Option<HashMap<String, (Vec<f64>, u64)>>> = Mutex::new(None);
+
+    #[inline]
+    pub(crate) fn active() -> bool {
+        ACTIVE.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn observe(name: &str, xs: &[f32], cols: usize) {
+        let mut guard = STATS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (sums, rows) = guard.get_or_insert_with(HashMap::new).entry(name.to_owned()).or_insert_with(|| (vec![0.0; cols], 0));
+        for row in xs.chunks_exact(cols) {
+            for (s, &a) in sums.iter_mut().zip(row) {
+                *s += a as f64 * a as f64;
+            }
+            *rows += 1;
+        }
+    }
+
+    /// Runs `f` (a forward pass over calibration text) and returns, per matrix name, the mean
+    /// square of each input column. One recording at a time (the statistics are global).
+    pub fn record<R>(f: impl FnOnce() -> R) -> (R, HashMap<String, Vec<f32>>) {
+        *STATS.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
+        ACTIVE.store(true, Ordering::Relaxed);
+        let result = f();
+        ACTIVE.store(false, Ordering::Relaxed);
+        let stats = STATS.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        let means = stats.into_iter().map(|(name, (sums, rows))| (name, sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect())).collect();
+        (result, means)
+    }
 }
 
 /// How activations enter products with quantized weights.

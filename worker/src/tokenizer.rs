@@ -199,6 +199,36 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos_id, eos_ids, add_bos: false, chat_template: None })
     }
 
+    /// What a packed model stores besides `tokenizer.json`: special ids, the BOS policy and the
+    /// chat template (`tokenizer_config.json` of the tokenizer component).
+    pub fn packed_config(&self) -> serde_json::Value {
+        serde_json::json!({ "bos_id": self.bos_id, "eos_ids": self.eos_ids, "add_bos": self.add_bos, "chat_template": self.chat_template })
+    }
+
+    /// The tokenizer of a packed model: `tokenizer.json` bytes plus [`Tokenizer::packed_config`].
+    pub fn from_packed(tokenizer_json: &[u8], config_json: &[u8]) -> Result<Self, WorkerError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Config {
+            bos_id: Option<u32>,
+            eos_ids: Vec<u32>,
+            add_bos: bool,
+            chat_template: Option<String>,
+        }
+        let config: Config = serde_json::from_slice(config_json).map_err(|e| tok_err(format!("tokenizer_config.json of the packed model: {e}")))?;
+        let mut tokenizer = Tokenizer::from_json_bytes(tokenizer_json)?;
+        tokenizer.bos_id = config.bos_id;
+        tokenizer.eos_ids = config.eos_ids;
+        tokenizer.add_bos = config.add_bos;
+        tokenizer.chat_template = config.chat_template;
+        Ok(tokenizer)
+    }
+
+    /// Serialised `tokenizer.json` (what [`Tokenizer::from_packed`] reads back).
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, WorkerError> {
+        self.inner.to_string(false).map(String::into_bytes).map_err(|e| tok_err(format!("cannot serialise the tokenizer: {e}")))
+    }
+
     /// Ids of `text`. With `add_special_tokens`, the post-processor's specials (BERT's
     /// `[CLS]`/`[SEP]`) and the BOS (when `add_bos`, unless the text, e.g. a rendered chat
     /// template, already starts with it) are added. Special tokens written in the text

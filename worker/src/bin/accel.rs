@@ -6,6 +6,8 @@
 //!                [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks 4]]
 //! accel logits   --model M --prompt TEXT [--top N] [--chat] --json
 //! accel embed    --model M [--json] TEXT...
+//! accel pack     INPUT --out DIR [--precision P] [--precision-config FILE] [--shard-mb N] [--name NAME]
+//! accel eval     --model M --text FILE [--json] [--reference R]
 //! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N]
 //!                [--activations int16,f32] [--json]
 //! ```
@@ -26,8 +28,9 @@ mod cli {
 
     use serde_json::json;
     use worker::generate::{generate, GenerateParams};
-    use worker::loader::{detect_path, load_text_model, ModelPathKind, TextModel, DEFAULT_SYSTEM_PROMPT};
-    use worker::models::bert::Embedder;
+    use worker::eval::{embedding_agreement, perplexity};
+    use worker::loader::{is_embedding_model, load_embedder, load_text_model, pack_path, TextModel, DEFAULT_SYSTEM_PROMPT};
+    use worker::pack::Precision;
     use worker::tensor::Activations;
     use worker::WorkerError;
 
@@ -42,9 +45,14 @@ USAGE:
     accel embed    --model M [--json] TEXT...
     accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N]
                    [--activations int16,f32] [--json]
-    accel pack     (arrives with the packed-format issue)
+    accel pack     INPUT --out DIR [--precision keep|f32|f16|q8|q4|q3|q2|mixed]
+                   [--precision-config FILE] [--shard-mb 32] [--name NAME] [--json]
+    accel eval     --model M --text FILE [--json] [--activations int16|f32] [--reference R]
 
-M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + tokenizer.json).
+M is a GGUF file, a Hugging Face directory (config.json + model.safetensors + tokenizer.json)
+or a packed directory (manifest.json + shards/). `eval` reports perplexity for a text model
+({\"tokens\": N, \"perplexity\": P}), or for an embedding model the mean cosine of its embeddings
+of FILE's lines to those of --reference R.
 
 --activations int16 (default): activations quantized to 16 bits per block for exact integer
     products with Q4_0/Q4_1/Q8_0 weights (logits within ~1e-3 of f32); f32: the exact path.
@@ -83,7 +91,8 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
                 "logits" => cmd_logits(&a),
                 "embed" => cmd_embed(&a),
                 "bench" => cmd_bench(&a),
-                "pack" => Err(Failure::Usage("`accel pack` is not built yet; it arrives with the packed-format issue (#4)".into())),
+                "pack" => cmd_pack(&a),
+                "eval" => cmd_eval(&a),
                 other => Err(Failure::Usage(format!("`{other}` is not an accel command; run `accel help`"))),
             }),
         };
@@ -267,13 +276,10 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
     fn cmd_embed(args: &Args) -> Result<(), Failure> {
         args.apply_threads()?;
         let path = args.model()?;
-        if detect_path(&path)? != ModelPathKind::HfDirectory {
-            return Err(Failure::Usage(format!("{} is not an embedding model directory (config.json + model.safetensors + tokenizer.json)", path.display())));
-        }
         if args.positional.is_empty() {
             return Err(Failure::Usage("give at least one TEXT to embed".into()));
         }
-        let embedder = Embedder::from_hf_dir(&path)?;
+        let embedder = load_embedder(&path)?;
         let texts: Vec<&str> = args.positional.iter().map(String::as_str).collect();
         let embeddings = embedder.embed(&texts)?;
         let dim = embeddings.first().map_or(0, Vec::len);
@@ -284,6 +290,63 @@ M is a GGUF file or a Hugging Face directory (config.json + model.safetensors + 
                 let head: Vec<String> = e.iter().take(6).map(|v| format!("{v:.4}")).collect();
                 println!("{text:?}: [{} …] ({dim} dims)", head.join(", "));
             }
+        }
+        Ok(())
+    }
+
+    /// `accel pack INPUT --out DIR [--precision P] [--precision-config FILE] [--shard-mb N] [--name NAME]`
+    fn cmd_pack(args: &Args) -> Result<(), Failure> {
+        let [input] = &args.positional[..] else {
+            return Err(Failure::Usage("give exactly one INPUT: a .gguf file, an HF directory or a packed directory".into()));
+        };
+        let out = PathBuf::from(args.require("out")?);
+        let config = match args.get("precision-config") {
+            Some(path) => Some(std::fs::read(path).map_err(|e| WorkerError::Io { path: path.to_owned(), reason: e.to_string() })?),
+            None => None,
+        };
+        let default_precision = if config.is_some() { "mixed" } else { "keep" };
+        let precision = Precision::parse(args.get("precision").unwrap_or(default_precision), config.as_deref())?;
+        let shard_mb: usize = args.number("shard-mb", 32)?;
+        if shard_mb == 0 {
+            return Err(WorkerError::InvalidParameter { reason: "--shard-mb must be at least 1 (MiB per shard)".into() }.into());
+        }
+        let name = args.get("name");
+        // Refuse a conflicting --out before spending time on the model.
+        if let Some(name) = name {
+            worker::pack::check_output(&out, name)?;
+        }
+        let pack = pack_path(std::path::Path::new(input), &precision, shard_mb << 20, name)?;
+        worker::pack::write(&pack, &out)?;
+        let m = &pack.manifest;
+        if args.flag("json") {
+            println!("{}", json!({ "name": m.name, "out": out.display().to_string(), "precision": m.precision, "total_bytes": m.total_bytes, "shards": m.shards.len(), "components": m.components.len(), "tensors": m.tensors.len() }));
+        } else {
+            println!("packed {} ({}) → {}: {} tensors in {} components, {} shards, {:.1} MiB", m.name, m.precision, out.display(), m.tensors.len(), m.components.len(), m.shards.len(), m.total_bytes as f64 / (1 << 20) as f64);
+        }
+        Ok(())
+    }
+
+    /// `accel eval --model M --text FILE [--json] [--reference R]`: perplexity for a text model;
+    /// for an embedding model, the mean cosine to `--reference`'s embeddings, one sentence per line.
+    fn cmd_eval(args: &Args) -> Result<(), Failure> {
+        args.apply_threads()?;
+        let path = args.model()?;
+        let text_path = args.require("text")?;
+        let text = std::fs::read_to_string(text_path).map_err(|e| WorkerError::Io { path: text_path.to_owned(), reason: e.to_string() })?;
+        let result = if is_embedding_model(&path)? {
+            let reference = args.get("reference").ok_or_else(|| Failure::Usage("an embedding model is scored against --reference R (e.g. the f32 original)".into()))?;
+            let sentences: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let agreement = embedding_agreement(&load_embedder(&path)?, &load_embedder(std::path::Path::new(reference))?, &sentences)?;
+            serde_json::to_value(agreement).unwrap_or_default()
+        } else {
+            let (mut m, _) = load(args)?;
+            m.model.activations = args.activations("int16")?.first().copied().unwrap_or_default();
+            serde_json::to_value(perplexity(&m.model, &m.tokenizer, &text, 128)?).unwrap_or_default()
+        };
+        if args.flag("json") {
+            println!("{result}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
         }
         Ok(())
     }

@@ -30,7 +30,9 @@ use crate::tensor::{for_each_chunk, matmul_fused, on_compute_pool, with_wide_sim
 use crate::WorkerError;
 
 /// Hyper-parameters.
-#[derive(Debug, Clone, PartialEq)]
+/// Hyper-parameters; also the `hyperparameters` object of a packed Llama's manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LlamaConfig {
     pub n_layer: usize,
     pub d_model: usize,

@@ -6,6 +6,7 @@ pub mod gguf_source;
 pub mod hf_llama;
 pub mod kv_cache;
 pub mod llama;
+pub mod packed_source;
 
 use crate::tensor::WeightMatrix;
 use crate::WorkerError;

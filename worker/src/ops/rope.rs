@@ -9,7 +9,8 @@
 //! Frequencies: θ_i = base^(−2i/d); angles are computed in f64 (positions reach thousands, and
 //! f32 angle error grows with the position).
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RopeStyle {
     AdjacentPairs,
     RotateHalf,

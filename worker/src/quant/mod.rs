@@ -86,6 +86,11 @@ impl StorageType {
         })
     }
 
+    /// The storage type a packed manifest's `dtype` names (see [`StorageType::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        ALL_TYPES.into_iter().find(|ty| ty.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StorageType::F32 => "f32",
@@ -98,6 +103,10 @@ impl StorageType {
         }
     }
 }
+
+/// Every storage type, in the order of the enum.
+pub const ALL_TYPES: [StorageType; 7] =
+    [StorageType::F32, StorageType::F16, StorageType::Q8_0, StorageType::Q4_0, StorageType::Q4_1, StorageType::Q3, StorageType::Q2];
 
 /// An activation vector prepared once per matrix-vector product and shared by every row: the
 /// values, and their sums per block of 32 (Q4_0 and the min formats Q4_1/Q3/Q2 fold their
@@ -229,8 +238,14 @@ pub(crate) mod tests {
         bytes
     }
 
-    pub const ALL: [StorageType; 7] =
-        [StorageType::F32, StorageType::F16, StorageType::Q8_0, StorageType::Q4_0, StorageType::Q4_1, StorageType::Q3, StorageType::Q2];
+    pub const ALL: [StorageType; 7] = ALL_TYPES;
+
+    #[test]
+    fn every_type_is_a_manifest_dtype_and_back() {
+        let names: Vec<&str> = ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, sw::manifest::DTYPES, "the packed format's dtypes are the engine's storage types");
+        assert!(ALL.iter().all(|&t| StorageType::from_name(t.name()) == Some(t)));
+    }
 
     #[test]
     fn fast_dot_matches_reference_for_every_type() {

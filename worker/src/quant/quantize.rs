@@ -41,7 +41,17 @@ use super::{StorageType, BLOCK};
 /// When `values.len()` is not a whole number of `ty`'s blocks (32 values for the block types):
 /// the caller chooses the row length, so a mismatch is a programming error, not bad input.
 pub fn quantize_row(ty: StorageType, values: &[f32], out: &mut Vec<u8>) {
+    quantize_row_weighted(ty, values, None, out)
+}
+
+/// [`quantize_row`] minimizing the *importance-weighted* error Σ_j w_j (x_j − x̂_j)² in the
+/// min/scale formats (Q4_1, Q3, Q2); the others ignore `importance`. With w_j = E[a_j²], the
+/// mean square of the activation that multiplies column j, this is the expected squared error
+/// of the matrix product itself (for uncorrelated rounding errors): precision goes where the
+/// inputs are large. `importance` has one entry per value of the row.
+pub fn quantize_row_weighted(ty: StorageType, values: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     let (elems, _) = ty.geometry();
+    debug_assert!(importance.is_none_or(|w| w.len() == values.len()));
     assert!(values.len() % elems == 0, "{} values is not a whole number of {} blocks of {elems}", values.len(), ty.name());
     out.reserve(ty.row_bytes(values.len()).unwrap_or(0));
     match ty {
@@ -50,7 +60,10 @@ pub fn quantize_row(ty: StorageType, values: &[f32], out: &mut Vec<u8>) {
         StorageType::Q8_0 => values.chunks_exact(BLOCK).for_each(|x| quantize_q8_0(x, out)),
         StorageType::Q4_0 => values.chunks_exact(BLOCK).for_each(|x| quantize_q4_0(x, out)),
         StorageType::Q4_1 | StorageType::Q3 | StorageType::Q2 => {
-            values.chunks_exact(BLOCK).for_each(|x| push_min_scale_block(ty, &fit(x, max_level(ty), Search::LeastSquares), out))
+            for (b, x) in values.chunks_exact(BLOCK).enumerate() {
+                let w = importance.map_or(&UNIT_WEIGHTS[..], |w| &w[b * BLOCK..][..BLOCK]);
+                push_min_scale_block(ty, &fit_weighted(x, w, max_level(ty), Search::LeastSquares), out)
+            }
         }
     }
 }
@@ -128,31 +141,35 @@ fn f16_round(v: f32) -> f16 {
     f16::from_f32(v)
 }
 
-/// The best q for stored (d, m) and the resulting squared error, computed exactly as the
-/// dequantizers reconstruct (`d·q + m` in f32).
-fn assign(x: &[f32], d: f16, m: f16, nmax: u8) -> ([u8; BLOCK], f64) {
+/// Every value equally important (the unweighted fit).
+const UNIT_WEIGHTS: [f32; BLOCK] = [1.0; BLOCK];
+
+/// The best q for stored (d, m) and the resulting weighted squared error, computed exactly as
+/// the dequantizers reconstruct (`d·q + m` in f32). Rounding to the nearest level is optimal
+/// per value whatever its weight.
+fn assign(x: &[f32], w: &[f32], d: f16, m: f16, nmax: u8) -> ([u8; BLOCK], f64) {
     let (d, m) = (d.to_f32(), m.to_f32());
     let mut q = [0u8; BLOCK];
     let mut err = 0f64;
-    for (qj, &xj) in q.iter_mut().zip(x) {
+    for ((qj, &xj), &wj) in q.iter_mut().zip(x).zip(w) {
         // d = 0 leaves q = 0 (value m); `as u8` saturates and maps NaN to 0.
         if d != 0.0 {
             *qj = ((xj - m) / d).round().clamp(0.0, nmax as f32) as u8;
         }
         let e = (xj - (d * *qj as f32 + m)) as f64;
-        err += e * e;
+        err += wj as f64 * e * e;
     }
     (q, err)
 }
 
 /// Refines a start (d, m) by alternating assignment and least squares (module header, step 2),
 /// updating `best` whenever a stored (d, m) scores better.
-fn refine(x: &[f32], nmax: u8, d: f32, m: f32, best: &mut Fit) {
-    let n = BLOCK as f64;
+fn refine(x: &[f32], w: &[f32], nmax: u8, d: f32, m: f32, best: &mut Fit) {
+    let n: f64 = w.iter().map(|&v| v as f64).sum();
     let (mut d, mut m) = (f16_round(d), f16_round(m));
     let mut previous: Option<[u8; BLOCK]> = None;
     for _ in 0..4 {
-        let (q, err) = assign(x, d, m, nmax);
+        let (q, err) = assign(x, w, d, m, nmax);
         if err < best.err {
             *best = Fit { d, m, q, err };
         }
@@ -160,12 +177,13 @@ fn refine(x: &[f32], nmax: u8, d: f32, m: f32, best: &mut Fit) {
             break;
         }
         let (mut sq, mut sqq, mut sx, mut sqx) = (0f64, 0f64, 0f64, 0f64);
-        for (&qj, &xj) in q.iter().zip(x) {
-            let (qj, xj) = (qj as f64, xj as f64);
-            sq += qj;
-            sqq += qj * qj;
-            sx += xj;
-            sqx += qj * xj;
+        // Weighted normal equations of Σ w (x − d·q − m)².
+        for ((&qj, &xj), &wj) in q.iter().zip(x).zip(w) {
+            let (qj, xj, wj) = (qj as f64, xj as f64, wj as f64);
+            sq += wj * qj;
+            sqq += wj * qj * qj;
+            sx += wj * xj;
+            sqx += wj * qj * xj;
         }
         let det = n * sqq - sq * sq;
         // det = 0 when every q is equal: d is then free, keep it and refit m alone.
@@ -177,27 +195,33 @@ fn refine(x: &[f32], nmax: u8, d: f32, m: f32, best: &mut Fit) {
     }
 }
 
-/// Chooses d, m and q for one block of 32 values with `nmax + 1` levels.
+/// Chooses d, m and q for one block of 32 values with `nmax + 1` levels (unweighted).
+#[cfg(test)]
 pub(crate) fn fit(x: &[f32], nmax: u8, search: Search) -> Fit {
+    fit_weighted(x, &UNIT_WEIGHTS, nmax, search)
+}
+
+/// [`fit`] minimizing Σ w_j (x_j − d·q_j − m)² (w: one non-negative weight per value).
+pub(crate) fn fit_weighted(x: &[f32], w: &[f32], nmax: u8, search: Search) -> Fit {
     let (min, max) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let range = max - min;
     let levels = nmax as f32;
     let (d0, m0) = (f16_round(range / levels), f16_round(min));
-    let (q, err) = assign(x, d0, m0, nmax);
+    let (q, err) = assign(x, w, d0, m0, nmax);
     let mut best = Fit { d: d0, m: m0, q, err };
     // A constant block is exact with d = 0; non-finite data has nothing to search.
     if search == Search::MinMax || !(range.is_finite() && range > 0.0) {
         return best;
     }
-    refine(x, nmax, range / levels, min, &mut best);
+    refine(x, w, nmax, range / levels, min, &mut best);
     for t in [-1.0f32, -0.75, -0.5, -0.25, 0.25, 0.5, 0.75, 1.0] {
-        refine(x, nmax, range / (levels + t), min, &mut best);
+        refine(x, w, nmax, range / (levels + t), min, &mut best);
     }
     for s in [0.95f32, 0.9, 0.85, 0.8, 0.7] {
-        refine(x, nmax, s * range / levels, min + 0.5 * (1.0 - s) * range, &mut best);
+        refine(x, w, nmax, s * range / levels, min + 0.5 * (1.0 - s) * range, &mut best);
     }
     if let Some(steps) = lattice_steps(x, range, nmax) {
-        refine(x, nmax, range / steps as f32, min, &mut best);
+        refine(x, w, nmax, range / steps as f32, min, &mut best);
     }
     best
 }

@@ -1,0 +1,476 @@
+//! `accel pack`: a GGUF file or HF directory → a packed model (`manifest.json` +
+//! `shards/<sha256>.bin`, the format of `sw::manifest`), at a chosen precision.
+//!
+//! **What gets packed** is exactly what the architecture loads: the model is loaded through a
+//! [`Recording`] tensor source, which notes every tensor the loader asks for, by the canonical
+//! name it asks for (GGUF names for Llama — including HF checkpoints, whose names the HF source
+//! maps — and HF names for BERT), in load order. The packed model then loads through
+//! `PackedModel` by the same names, so a `keep` pack holds byte-identical weights and gives
+//! bit-identical logits.
+//!
+//! **Precision.** `keep` copies every stored tensor as it is (GGUF Q8_0/Q4_0/Q4_1/F16/F32).
+//! `f32`/`f16`/`q8`/`q4`/`q3`/`q2` convert every matrix (q8 = Q8_0, q4 = Q4_1: the min helps at
+//! 4 bits). `mixed` picks the bits per tensor class from a map (the seed's by default, see
+//! [`DEFAULT_MIXED`]); classes the seed does not name inherit from their sibling
+//! (`attention.output` ← `attention.value`, `feed_forward.gate` ← `feed_forward.up`). Vectors
+//! (norm weights, biases) always stay f32: they are tiny and every value matters. A tied LM head
+//! is the embedding matrix, stored once at the embedding's precision. A matrix whose rows are
+//! not whole blocks of 32 falls back to f16.
+//!
+//! **Layout.** Components in load order — tokenizer, embeddings, layer.0 … layer.N-1,
+//! final_norm, lm_head — each contiguous; a component starts a new shard when it would not fit
+//! in the current one (so loading a layer touches one shard), and only a component bigger than
+//! a shard is split, at tensor boundaries. Entries are 256-byte aligned. Everything is
+//! deterministic: the same input and options give the same bytes.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use sw::manifest::{Component, FileEntry, ShardInfo, TensorEntry, TokenizerRef, ALIGNMENT, FORMAT, FORMAT_VERSION};
+use sw::{ContentHash, Manifest};
+
+use crate::models::TensorSource;
+use crate::quant::{self, StorageType};
+use crate::tensor::WeightMatrix;
+use crate::tokenizer::Tokenizer;
+use crate::WorkerError;
+
+/// The seed's mixed-precision map: bits per tensor class.
+pub const DEFAULT_MIXED: &[(&str, u32)] = &[
+    ("embedding", 8),
+    ("attention.query", 3),
+    ("attention.key", 3),
+    ("attention.value", 3),
+    ("feed_forward.up", 2),
+    ("feed_forward.down", 2),
+    ("layernorm", 8),
+    ("lm_head", 4),
+];
+
+/// Tensor classes a precision config may name, with the class each inherits from when unnamed.
+const CLASSES: &[(&str, Option<&str>)] = &[
+    ("embedding", None),
+    ("attention.query", None),
+    ("attention.key", None),
+    ("attention.value", None),
+    ("attention.output", Some("attention.value")),
+    ("feed_forward.gate", Some("feed_forward.up")),
+    ("feed_forward.up", None),
+    ("feed_forward.down", None),
+    ("layernorm", None),
+    ("lm_head", None),
+];
+
+/// How to store each matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Precision {
+    Keep,
+    Uniform(StorageType),
+    /// Bits per tensor class (every class of [`CLASSES`] resolved).
+    Mixed(BTreeMap<String, u32>),
+}
+
+impl Precision {
+    /// `--precision NAME` with an optional `--precision-config` JSON (only with `mixed`).
+    pub fn parse(name: &str, config: Option<&[u8]>) -> Result<Self, WorkerError> {
+        let invalid = |reason: String| WorkerError::InvalidParameter { reason };
+        if config.is_some() && name != "mixed" {
+            return Err(invalid(format!("--precision-config only applies to --precision mixed (not {name:?})")));
+        }
+        let uniform = |bits: u32| storage_for_bits(bits).map(Precision::Uniform);
+        match name {
+            "keep" => Ok(Precision::Keep),
+            "f32" => Ok(Precision::Uniform(StorageType::F32)),
+            "f16" => Ok(Precision::Uniform(StorageType::F16)),
+            "q8" => uniform(8),
+            "q4" => uniform(4),
+            "q3" => uniform(3),
+            "q2" => uniform(2),
+            "mixed" => {
+                let mut map: BTreeMap<String, u32> = DEFAULT_MIXED.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+                if let Some(bytes) = config {
+                    let overrides: BTreeMap<String, serde_json::Value> =
+                        serde_json::from_slice(bytes).map_err(|e| invalid(format!("the precision config is not a JSON object of class → bits: {e}")))?;
+                    for (key, value) in overrides {
+                        if !CLASSES.iter().any(|(c, _)| *c == key) {
+                            let known: Vec<&str> = CLASSES.iter().map(|(c, _)| *c).collect();
+                            return Err(invalid(format!("unknown tensor class {key:?} in the precision config; known: {}", known.join(", "))));
+                        }
+                        let bits = value.as_u64().filter(|&b| storage_for_bits(b as u32).is_ok()).ok_or_else(|| invalid(format!("{key:?}: {value} is not one of 2, 3, 4, 8, 16, 32 bits")))?;
+                        map.insert(key, bits as u32);
+                    }
+                }
+                for (class, parent) in CLASSES {
+                    if let (false, Some(parent)) = (map.contains_key(*class), parent) {
+                        let bits = map[*parent];
+                        map.insert((*class).to_owned(), bits);
+                    }
+                }
+                Ok(Precision::Mixed(map))
+            }
+            other => Err(invalid(format!("unknown precision {other:?}; use keep, f32, f16, q8, q4, q3, q2 or mixed"))),
+        }
+    }
+
+    /// The storage type for a matrix of class `class` now stored as `stored`.
+    fn target(&self, class: &str, stored: StorageType) -> StorageType {
+        match self {
+            Precision::Keep => stored,
+            Precision::Uniform(ty) => *ty,
+            Precision::Mixed(map) => map.get(class).and_then(|&bits| storage_for_bits(bits).ok()).unwrap_or(stored),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Precision::Keep => "keep".into(),
+            Precision::Uniform(ty) => ty.name().into(),
+            Precision::Mixed(map) => format!("mixed {}", serde_json::to_string(map).unwrap_or_default()),
+        }
+    }
+}
+
+/// The storage type for a bit width: 4 bits is Q4_1 (with a min: better than Q4_0's offset).
+pub fn storage_for_bits(bits: u32) -> Result<StorageType, WorkerError> {
+    Ok(match bits {
+        32 => StorageType::F32,
+        16 => StorageType::F16,
+        8 => StorageType::Q8_0,
+        4 => StorageType::Q4_1,
+        3 => StorageType::Q3,
+        2 => StorageType::Q2,
+        other => return Err(WorkerError::InvalidParameter { reason: format!("{other} bits is not a storage width; use 2, 3, 4, 8, 16 or 32") }),
+    })
+}
+
+/// The precision-map class of a canonical tensor name (GGUF Llama names, HF BERT names).
+pub fn tensor_class(name: &str) -> &'static str {
+    let has = |part: &str| name.contains(part);
+    if has("norm") || has("LayerNorm") {
+        "layernorm"
+    } else if has("token_embd") || has("embeddings.") {
+        "embedding"
+    } else if has("attn_q.") || has("attention.self.query") {
+        "attention.query"
+    } else if has("attn_k.") || has("attention.self.key") {
+        "attention.key"
+    } else if has("attn_v.") || has("attention.self.value") {
+        "attention.value"
+    } else if has("attn_output") || has("attention.output.dense") {
+        "attention.output"
+    } else if has("ffn_gate") {
+        "feed_forward.gate"
+    } else if has("ffn_up") || has("intermediate.dense") {
+        "feed_forward.up"
+    } else if has("ffn_down") || has(".output.dense") {
+        "feed_forward.down"
+    } else {
+        "lm_head"
+    }
+}
+
+/// The load-order component of a canonical tensor name: (sort key, name).
+fn component_of(name: &str) -> (u32, String) {
+    let layer = |prefix: &str| name.strip_prefix(prefix).and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<u32>().ok());
+    if let Some(i) = layer("blk.").or_else(|| layer("encoder.layer.")) {
+        (2 + i, format!("layer.{i}"))
+    } else if name.starts_with("token_embd") || name.starts_with("embeddings.") {
+        (1, "embeddings".into())
+    } else if name.starts_with("output_norm") {
+        (u32::MAX - 1, "final_norm".into())
+    } else {
+        (u32::MAX, "lm_head".into())
+    }
+}
+
+/// What the loader asked for, in order, under the name it asked for.
+enum Recorded {
+    Matrix(String, WeightMatrix),
+    Vector(String, Vec<f32>),
+}
+
+/// A [`TensorSource`] wrapper that notes every tensor the architecture loads.
+pub struct Recording<'a, S> {
+    inner: &'a S,
+    seen: RefCell<Vec<Recorded>>,
+}
+
+impl<'a, S: TensorSource> Recording<'a, S> {
+    pub fn new(inner: &'a S) -> Self {
+        Recording { inner, seen: RefCell::new(Vec::new()) }
+    }
+}
+
+impl<S: TensorSource> TensorSource for Recording<'_, S> {
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightMatrix, WorkerError> {
+        let m = self.inner.matrix(name, rows, cols)?;
+        self.seen.borrow_mut().push(Recorded::Matrix(name.to_owned(), m.clone()));
+        Ok(m)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, WorkerError> {
+        let v = self.inner.vector(name, len)?;
+        self.seen.borrow_mut().push(Recorded::Vector(name.to_owned(), v.clone()));
+        Ok(v)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
+/// A pack in memory: the manifest and its shards (hash, bytes).
+pub struct Pack {
+    pub manifest: Manifest,
+    pub shards: Vec<(ContentHash, Vec<u8>)>,
+}
+
+/// One entry to place: a tensor or a file, its bytes, and its component.
+struct Entry {
+    name: String,
+    component: (u32, String),
+    tensor: Option<(Vec<u64>, StorageType)>,
+    bytes: Vec<u8>,
+}
+
+/// Text the packer runs through the model to measure activation statistics (importance
+/// weights for the low-bit formats). Deliberately unrelated to the evaluation text.
+pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
+
+/// Importance per column of a matrix from its input's mean squares E[a_j²], floored at 1% of
+/// their mean so a column the calibration text never excited still counts.
+fn importance_weights(mean_squares: &[f32]) -> Vec<f32> {
+    let mean = mean_squares.iter().map(|&v| v as f64).sum::<f64>() / mean_squares.len().max(1) as f64;
+    let floor = (0.01 * mean).max(f64::MIN_POSITIVE) as f32;
+    mean_squares.iter().map(|&v| v + floor).collect()
+}
+
+/// Builds the pack of a model that was loaded through `recording`. `activation_stats` (matrix
+/// name → E[a_j²], from [`crate::tensor::calibration::record`]) weights the rounding error of
+/// the min/scale formats; without an entry a matrix is fitted unweighted.
+#[allow(clippy::too_many_arguments)]
+pub fn build<S: TensorSource>(
+    recording: Recording<'_, S>,
+    name: &str,
+    architecture: &str,
+    hyperparameters: serde_json::Value,
+    tokenizer: &Tokenizer,
+    precision: &Precision,
+    shard_bytes: usize,
+    activation_stats: &std::collections::HashMap<String, Vec<f32>>,
+) -> Result<Pack, WorkerError> {
+    if shard_bytes == 0 {
+        return Err(WorkerError::InvalidParameter { reason: "--shard-mb must be at least 1".into() });
+    }
+    let mut entries = vec![
+        Entry { name: "tokenizer.json".into(), component: (0, "tokenizer".into()), tensor: None, bytes: tokenizer.to_json_bytes()? },
+        Entry { name: "tokenizer_config.json".into(), component: (0, "tokenizer".into()), tensor: None, bytes: serde_json::to_vec(&tokenizer.packed_config()).unwrap_or_default() },
+    ];
+    for recorded in recording.seen.into_inner() {
+        entries.push(match recorded {
+            Recorded::Vector(name, values) => {
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Entry { component: component_of(&name), tensor: Some((vec![values.len() as u64], StorageType::F32)), bytes, name }
+            }
+            Recorded::Matrix(name, m) => {
+                let mut target = precision.target(tensor_class(&name), m.ty);
+                if target.row_bytes(m.cols).is_none() {
+                    target = StorageType::F16;
+                }
+                // Statistics are keyed by the name the matrix carries (the source's own).
+                let importance = activation_stats.get(&m.name).filter(|s| s.len() == m.cols).map(|s| importance_weights(s));
+                let bytes = if target == m.ty { m.stored_bytes().to_vec() } else { convert(&m, target, importance.as_deref()) };
+                Entry { component: component_of(&name), tensor: Some((vec![m.rows as u64, m.cols as u64], target)), bytes, name }
+            }
+        });
+    }
+    // Stable sort: load order of components, the loader's order within one.
+    entries.sort_by_key(|e| e.component.0);
+    Ok(assemble(entries, name, architecture, hyperparameters, precision, shard_bytes))
+}
+
+/// Re-encodes a matrix row by row (never the whole matrix in f32 at once).
+fn convert(m: &WeightMatrix, target: StorageType, importance: Option<&[f32]>) -> Vec<u8> {
+    let row_bytes = target.row_bytes(m.cols).unwrap_or(0);
+    // Rows are independent: quantize them in parallel natively (the least-squares search is
+    // the slow part of packing), then concatenate in order.
+    let rows: Vec<usize> = (0..m.rows).collect();
+    let encode = |r: &usize| {
+        let mut row = vec![0f32; m.cols];
+        m.dequantize_row(*r, &mut row);
+        let mut out = Vec::with_capacity(row_bytes);
+        quant::quantize::quantize_row_weighted(target, &row, importance, &mut out);
+        out
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let encoded: Vec<Vec<u8>> = {
+        use rayon::prelude::*;
+        rows.par_iter().map(encode).collect()
+    };
+    #[cfg(target_arch = "wasm32")]
+    let encoded: Vec<Vec<u8>> = rows.iter().map(encode).collect();
+    encoded.concat()
+}
+
+/// Places entries into shards and writes the manifest (see the module header).
+fn assemble(entries: Vec<Entry>, name: &str, architecture: &str, hyperparameters: serde_json::Value, precision: &Precision, shard_bytes: usize) -> Pack {
+    let aligned = |n: usize| n.next_multiple_of(ALIGNMENT as usize);
+    let mut shard_data: Vec<Vec<u8>> = vec![Vec::new()];
+    // (entry index, shard index, offset)
+    let mut placed: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let component = &entries[i].component;
+        let end = entries[i..].iter().position(|e| &e.component != component).map_or(entries.len(), |n| i + n);
+        let component_size: usize = entries[i..end].iter().map(|e| aligned(e.bytes.len())).sum();
+        let current = shard_data.last().map_or(0, Vec::len);
+        if current > 0 && aligned(current) + component_size > shard_bytes {
+            shard_data.push(Vec::new());
+        }
+        for (k, entry) in entries[i..end].iter().enumerate() {
+            let shard = shard_data.last_mut().expect("at least one shard");
+            if !shard.is_empty() && aligned(shard.len()) + entry.bytes.len() > shard_bytes {
+                shard_data.push(Vec::new());
+            }
+            let index = shard_data.len() - 1;
+            let shard = &mut shard_data[index];
+            shard.resize(aligned(shard.len()), 0);
+            placed.push((i + k, index, shard.len()));
+            shard.extend_from_slice(&entry.bytes);
+        }
+        i = end;
+    }
+    let hashes: Vec<ContentHash> = shard_data.iter().map(|s| ContentHash::of(s)).collect();
+    let (mut tensors, mut files, mut components) = (Vec::new(), Vec::new(), Vec::<Component>::new());
+    for (index, shard, offset) in placed {
+        let e = &entries[index];
+        let (shard, offset, length) = (hashes[shard].clone(), offset as u64, e.bytes.len() as u64);
+        if components.last().is_none_or(|c| c.name != e.component.1) {
+            components.push(Component { name: e.component.1.clone(), priority: components.len() as u32, bytes: 0, tensors: vec![], files: vec![] });
+        }
+        let component = components.last_mut().expect("pushed above");
+        component.bytes += length;
+        match &e.tensor {
+            Some((shape, ty)) => {
+                component.tensors.push(e.name.clone());
+                tensors.push(TensorEntry { name: e.name.clone(), shape: shape.clone(), dtype: ty.name().into(), shard, offset, length });
+            }
+            None => {
+                component.files.push(e.name.clone());
+                files.push(FileEntry { name: e.name.clone(), shard, offset, length });
+            }
+        }
+    }
+    let shards: Vec<(ContentHash, Vec<u8>)> = hashes.into_iter().zip(shard_data).collect();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        name: name.to_owned(),
+        architecture: architecture.to_owned(),
+        hyperparameters,
+        precision: precision.name(),
+        tokenizer: TokenizerRef { component: "tokenizer".into(), file: "tokenizer.json".into(), config: "tokenizer_config.json".into() },
+        tensors,
+        files,
+        components,
+        shards: shards.iter().map(|(h, b)| ShardInfo { sha256: h.clone(), bytes: b.len() as u64 }).collect(),
+        total_bytes: shards.iter().map(|(_, b)| b.len() as u64).sum(),
+        mirrors: vec![],
+    };
+    Pack { manifest, shards }
+}
+
+/// Writes a pack to `out` without ever leaving a half-written model there: everything goes to a
+/// sibling temporary directory first, which replaces `out` at the end. `out` may be absent,
+/// empty, or hold a pack of the same model name (re-packing); anything else is refused.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write(pack: &Pack, out: &std::path::Path) -> Result<(), WorkerError> {
+    check_output(out, &pack.manifest.name)?;
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| WorkerError::Io { path: path.clone(), reason: e.to_string() }
+    };
+    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pack".into());
+    let staging = out.with_file_name(format!(".{file_name}.packing-{}", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(staging.join("shards")).map_err(io(&staging))?;
+        for (hash, bytes) in &pack.shards {
+            let path = staging.join(sw::manifest::shard_path(hash));
+            std::fs::write(&path, bytes).map_err(io(&path))?;
+        }
+        let path = staging.join("manifest.json");
+        std::fs::write(&path, pack.manifest.to_json()).map_err(io(&path))?;
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(io(out))?;
+        }
+        std::fs::rename(&staging, out).map_err(io(out))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// `out` must be absent, an empty directory, or a pack of the model `name`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_output(out: &std::path::Path, name: &str) -> Result<(), WorkerError> {
+    let refuse = |reason: String| Err(WorkerError::InvalidParameter { reason: format!("--out {}: {reason}; choose another directory or remove it", out.display()) });
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return refuse("exists and is not a directory".into());
+    }
+    let manifest = out.join("manifest.json");
+    if !manifest.exists() {
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        return if empty { Ok(()) } else { refuse("is not empty and holds no packed model".into()) };
+    }
+    let existing: Option<String> = std::fs::read(&manifest).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["name"].as_str().map(str::to_owned));
+    match existing {
+        Some(existing) if existing == name => Ok(()),
+        Some(existing) => refuse(format!("holds a different model, {existing:?} (this one is {name:?})")),
+        None => refuse("holds an unreadable manifest.json".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_names_and_configs_are_checked() {
+        assert_eq!(Precision::parse("keep", None).unwrap(), Precision::Keep);
+        assert_eq!(Precision::parse("q4", None).unwrap(), Precision::Uniform(StorageType::Q4_1));
+        assert_eq!(Precision::parse("q5", None).unwrap_err().name(), "InvalidParameterError");
+        let Precision::Mixed(map) = Precision::parse("mixed", None).unwrap() else { panic!("mixed") };
+        assert_eq!((map["attention.query"], map["attention.output"], map["feed_forward.gate"], map["lm_head"]), (3, 3, 2, 4));
+        let Precision::Mixed(map) = Precision::parse("mixed", Some(br#"{"feed_forward.up": 4, "feed_forward.gate": 3}"#)).unwrap() else { panic!("mixed") };
+        assert_eq!((map["feed_forward.up"], map["feed_forward.gate"], map["feed_forward.down"]), (4, 3, 2));
+        for bad in [&br#"{"attention.querry": 4}"#[..], br#"{"lm_head": 5}"#, br#"{"lm_head": "4"}"#, b"[4]", b"{"] {
+            let err = Precision::parse("mixed", Some(bad)).unwrap_err();
+            assert_eq!(err.name(), "InvalidParameterError", "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(Precision::parse("q8", Some(b"{}")).unwrap_err().name(), "InvalidParameterError");
+    }
+
+    #[test]
+    fn classes_and_components_follow_the_names() {
+        for (name, class, component) in [
+            ("token_embd.weight", "embedding", "embeddings"),
+            ("blk.3.attn_q.weight", "attention.query", "layer.3"),
+            ("blk.12.ffn_gate.weight", "feed_forward.gate", "layer.12"),
+            ("blk.0.attn_norm.weight", "layernorm", "layer.0"),
+            ("output_norm.weight", "layernorm", "final_norm"),
+            ("output.weight", "lm_head", "lm_head"),
+            ("encoder.layer.5.attention.self.value.weight", "attention.value", "layer.5"),
+            ("encoder.layer.5.attention.output.dense.weight", "attention.output", "layer.5"),
+            ("encoder.layer.5.intermediate.dense.weight", "feed_forward.up", "layer.5"),
+            ("encoder.layer.5.output.dense.weight", "feed_forward.down", "layer.5"),
+            ("encoder.layer.5.output.LayerNorm.weight", "layernorm", "layer.5"),
+            ("embeddings.position_embeddings.weight", "embedding", "embeddings"),
+        ] {
+            assert_eq!((tensor_class(name), component_of(name).1.as_str()), (class, component), "{name}");
+        }
+    }
+}
