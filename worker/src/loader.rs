@@ -193,7 +193,7 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
     use crate::formats::safetensors::{SafetensorsFile, SafetensorsSource};
     use crate::models::gguf_source::GgufSource;
     use crate::models::hf_llama::HfLlamaNames;
-    use crate::pack::{build, Recording};
+    use crate::pack::{build, PackHints, Recording};
 
     let default_name = sanitize_name(&input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let name = name.map(str::to_owned).unwrap_or(default_name);
@@ -206,10 +206,11 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let file = GgufFile::parse(&bytes, &input.display().to_string())?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
             let config = LlamaConfig::from_gguf(&file)?;
-            let source = GgufSource { file: &file, bytes: bytes.clone(), architecture: "llama".into() };
+            let source = GgufSource::importing(&file, bytes.clone(), "llama");
             let recording = Recording::new(&source);
-            let stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
-            build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+            let activation_stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
+            let keep_as = source.imported.as_ref().map(|i| i.borrow().iter().cloned().collect()).unwrap_or_default();
+            build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, keep_as })
         }
         ModelPathKind::HfDirectory => {
             let config_path = input.join("config.json");
@@ -224,15 +225,15 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
                     let source = SafetensorsSource::new(weights, "llama");
                     let names = HfLlamaNames(&source);
                     let recording = Recording::new(&names);
-                    let stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
-                    build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+                    let activation_stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
+                    build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
                 }
                 HfConfig::Bert(config) => {
                     let source = SafetensorsSource::new(weights, "bert").with_prefix("bert.");
                     let recording = Recording::new(&source);
                     let embedder = Embedder::new(Bert::load(&recording, config.clone())?, tokenizer.clone());
-                    let stats = bert_activation_stats(&embedder, precision)?;
-                    build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &stats)
+                    let activation_stats = bert_activation_stats(&embedder, precision)?;
+                    build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
                 }
             }
         }
@@ -241,13 +242,13 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let tokenizer = pack.tokenizer()?;
             let recording = Recording::new(&pack);
             let architecture = pack.manifest.architecture.clone();
-            let stats = match architecture.as_str() {
+            let activation_stats = match architecture.as_str() {
                 "llama" => llama_activation_stats(&Llama::load(&recording, pack.hyperparameters()?)?, &tokenizer, precision)?,
                 "bert" => bert_activation_stats(&Embedder::new(Bert::load(&recording, pack.hyperparameters()?)?, tokenizer.clone()), precision)?,
                 other => return Err(WorkerError::UnsupportedArchitecture { architecture: other.to_owned() }),
             };
             let hyperparameters = pack.manifest.hyperparameters.clone();
-            build(recording, &name, &architecture, hyperparameters, &tokenizer, precision, shard_bytes, &stats)
+            build(recording, &name, &architecture, hyperparameters, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
         }
     }
 }

@@ -245,9 +245,19 @@ fn importance_weights(mean_squares: &[f32]) -> Vec<f32> {
     mean_squares.iter().map(|&v| v + floor).collect()
 }
 
-/// Builds the pack of a model that was loaded through `recording`. `activation_stats` (matrix
-/// name → E[a_j²], from [`crate::tensor::calibration::record`]) weights the rounding error of
-/// the min/scale formats; without an entry a matrix is fitted unweighted.
+/// What the packer knows beyond the tensors themselves.
+#[derive(Debug, Default)]
+pub struct PackHints {
+    /// Matrix name → E[a_j²] per input column (from [`crate::tensor::calibration::record`]):
+    /// weights the rounding error of the min/scale formats; without an entry a matrix is
+    /// fitted unweighted.
+    pub activation_stats: std::collections::HashMap<String, Vec<f32>>,
+    /// Tensors imported from GGUF types the engine does not run (they arrive as f32): the type
+    /// `keep` stores them as.
+    pub keep_as: std::collections::HashMap<String, StorageType>,
+}
+
+/// Builds the pack of a model that was loaded through `recording`.
 #[allow(clippy::too_many_arguments)]
 pub fn build<S: TensorSource>(
     recording: Recording<'_, S>,
@@ -257,7 +267,7 @@ pub fn build<S: TensorSource>(
     tokenizer: &Tokenizer,
     precision: &Precision,
     shard_bytes: usize,
-    activation_stats: &std::collections::HashMap<String, Vec<f32>>,
+    hints: &PackHints,
 ) -> Result<Pack, WorkerError> {
     if shard_bytes == 0 {
         return Err(WorkerError::InvalidParameter { reason: "--shard-mb must be at least 1".into() });
@@ -273,12 +283,13 @@ pub fn build<S: TensorSource>(
                 Entry { component: component_of(&name), tensor: Some((vec![values.len() as u64], StorageType::F32)), bytes, name }
             }
             Recorded::Matrix(name, m) => {
-                let mut target = precision.target(tensor_class(&name), m.ty);
+                let stored = hints.keep_as.get(&name).copied().unwrap_or(m.ty);
+                let mut target = precision.target(tensor_class(&name), stored);
                 if target.row_bytes(m.cols).is_none() {
                     target = StorageType::F16;
                 }
                 // Statistics are keyed by the name the matrix carries (the source's own).
-                let importance = activation_stats.get(&m.name).filter(|s| s.len() == m.cols).map(|s| importance_weights(s));
+                let importance = hints.activation_stats.get(&m.name).filter(|s| s.len() == m.cols).map(|s| importance_weights(s));
                 let bytes = if target == m.ty { m.stored_bytes().to_vec() } else { convert(&m, target, importance.as_deref()) };
                 Entry { component: component_of(&name), tensor: Some((vec![m.rows as u64, m.cols as u64], target)), bytes, name }
             }

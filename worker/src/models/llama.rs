@@ -148,7 +148,7 @@ pub struct Llama {
 impl Llama {
     pub fn from_gguf(file: &GgufFile, bytes: SharedBytes) -> Result<Self, WorkerError> {
         let config = LlamaConfig::from_gguf(file)?;
-        let src = GgufSource { file, bytes, architecture: "llama".into() };
+        let src = GgufSource::new(file, bytes, "llama");
         Llama::load(&src, config)
     }
 
