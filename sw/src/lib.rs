@@ -13,6 +13,7 @@
 pub mod content;
 pub mod error;
 pub mod manifest;
+pub mod policy;
 pub mod route;
 pub mod serve;
 pub mod store;
