@@ -12,12 +12,14 @@ accel=target/release/accel
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+total_bytes() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total_bytes"])' "$1"; }
+
 smol="$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 minilm="$CACHE/minilm"
 rows=""
 for p in keep q8 q4 q3 q2 mixed; do
   $accel pack "$smol" --out "$work/smol-$p" --name smollm2-135m --precision "$p" >&2
-  bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total_bytes"])' "$work/smol-$p/manifest.json")
+  bytes=$(total_bytes "$work/smol-$p/manifest.json")
   ppl=$($accel eval --model "$work/smol-$p" --text tests/fixtures/eval_text.txt --activations "$ACTIVATIONS" --json)
   rows+="$p $bytes $ppl"$'\n'
 done
@@ -41,7 +43,7 @@ echo "|---|---|---|---|---|"
 f32_bytes=""
 for p in f32 f16 q8 q4; do
   $accel pack "$minilm" --out "$work/minilm-$p" --name minilm-l6 --precision "$p" >&2
-  bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total_bytes"])' "$work/minilm-$p/manifest.json")
+  bytes=$(total_bytes "$work/minilm-$p/manifest.json")
   f32_bytes=${f32_bytes:-$bytes}
   $accel eval --model "$work/minilm-$p" --reference "$minilm" --text tests/fixtures/minilm_eval_sentences.txt --json |
     python3 -c '

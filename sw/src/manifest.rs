@@ -142,7 +142,7 @@ impl Manifest {
         if self.version == 0 {
             return bad("\"version\" 0 does not exist; versions start at 1".into());
         }
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if !is_valid_name(&self.name) {
             return bad(format!("model name {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", self.name));
         }
         if !self.hyperparameters.is_object() {
@@ -221,6 +221,16 @@ impl Manifest {
         out.push(b'\n');
         out
     }
+}
+
+/// A character a model name may hold: it names a directory and a URL path segment.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.".contains(c)
+}
+
+/// A non-empty model name of [`is_name_char`]s.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(is_name_char)
 }
 
 /// Path of a shard relative to the manifest: `shards/<sha256>.bin`.

@@ -30,11 +30,12 @@ pub fn perplexity(model: &Llama, tokenizer: &Tokenizer, text: &str, chunk: usize
     }
     let vocab = model.config.vocab;
     let mut nll = 0f64;
-    for (c, piece) in ids.chunks(chunk.max(1)).enumerate() {
+    let chunk = chunk.max(1);
+    for (c, piece) in ids.chunks(chunk).enumerate() {
         let logits = model.forward(&mut state, piece, true)?;
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
             // Position p predicts token p + 1.
-            if let Some(&next) = ids.get(c * chunk.max(1) + i + 1) {
+            if let Some(&next) = ids.get(c * chunk + i + 1) {
                 nll -= log_softmax_at(row, next as usize);
             }
         }

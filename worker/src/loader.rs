@@ -4,7 +4,7 @@
 
 use crate::formats::gguf::GgufFile;
 use crate::models::bert::{Bert, Embedder};
-use crate::models::llama::{Llama, LlamaConfig};
+use crate::models::llama::Llama;
 use crate::models::packed_source::PackedModel;
 use crate::tensor::SharedBytes;
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -62,10 +62,7 @@ impl TextModel {
         use crate::models::hf_llama::HfLlamaNames;
         use crate::models::llama::LlamaConfig;
 
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|e| WorkerError::Io { path: path.display().to_string(), reason: e.to_string() })
-        };
+        let read = |name: &str| read_file(&dir.join(name));
         let config = match HfConfig::parse(&read("config.json")?, &dir.join("config.json").display().to_string())? {
             HfConfig::Llama(c) => c,
             other => {
@@ -80,6 +77,12 @@ impl TextModel {
         let tokenizer = Tokenizer::from_json_bytes(&read("tokenizer.json")?)?;
         Ok(TextModel { model, tokenizer })
     }
+}
+
+/// Reads a whole (small) file; a failure is an `IoError` naming the path.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, WorkerError> {
+    std::fs::read(path).map_err(|e| WorkerError::Io { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// Reads a whole file into shared bytes: memory-mapped, so a 100 MB model costs no copy and
@@ -156,10 +159,7 @@ pub fn load_embedder(path: &std::path::Path) -> Result<Embedder, WorkerError> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn is_embedding_model(path: &std::path::Path) -> Result<bool, WorkerError> {
     use crate::formats::hf_config::HfConfig;
-    let read = |name: &str| {
-        let file = path.join(name);
-        std::fs::read(&file).map_err(|e| WorkerError::Io { path: file.display().to_string(), reason: e.to_string() })
-    };
+    let read = |name: &str| read_file(&path.join(name));
     Ok(match detect_path(path)? {
         ModelPathKind::GgufFile => false,
         ModelPathKind::HfDirectory => matches!(HfConfig::parse(&read("config.json")?, "config.json")?, HfConfig::Bert(_)),
@@ -193,11 +193,12 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
     use crate::formats::safetensors::{SafetensorsFile, SafetensorsSource};
     use crate::models::gguf_source::GgufSource;
     use crate::models::hf_llama::HfLlamaNames;
+    use crate::models::llama::LlamaConfig;
     use crate::pack::{build, PackHints, Recording};
 
     let default_name = sanitize_name(&input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let name = name.map(str::to_owned).unwrap_or(default_name);
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !sw::manifest::is_valid_name(&name) {
         return Err(WorkerError::InvalidParameter { reason: format!("--name {name:?}: use ASCII letters, digits, '-', '_' and '.'") });
     }
     match detect_path(input)? {
@@ -214,10 +215,8 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
         }
         ModelPathKind::HfDirectory => {
             let config_path = input.join("config.json");
-            let config_json = std::fs::read(&config_path).map_err(|e| WorkerError::Io { path: config_path.display().to_string(), reason: e.to_string() })?;
-            let tokenizer_path = input.join("tokenizer.json");
-            let tokenizer_json = std::fs::read(&tokenizer_path).map_err(|e| WorkerError::Io { path: tokenizer_path.display().to_string(), reason: e.to_string() })?;
-            let tokenizer = Tokenizer::from_json_bytes(&tokenizer_json)?;
+            let config_json = read_file(&config_path)?;
+            let tokenizer = Tokenizer::from_json_bytes(&read_file(&input.join("tokenizer.json"))?)?;
             let weights = SafetensorsFile::open(&input.join("model.safetensors"))?;
             match HfConfig::parse(&config_json, &config_path.display().to_string())? {
                 HfConfig::Llama(c) => {
@@ -279,14 +278,17 @@ fn bert_activation_stats(embedder: &Embedder, precision: &crate::pack::Precision
     result.map(|_| stats)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 type ActivationStats = std::collections::HashMap<String, Vec<f32>>;
 
+#[cfg(not(target_arch = "wasm32"))]
 fn hyperparameters_json(config: &impl serde::Serialize) -> Result<serde_json::Value, WorkerError> {
     serde_json::to_value(config).map_err(|e| WorkerError::Metadata { key: "hyperparameters".into(), reason: e.to_string() })
 }
 
 /// A file stem as a model name: lowercase, with anything but letters, digits, '-', '_', '.'
 /// turned into '-'.
+#[cfg(not(target_arch = "wasm32"))]
 fn sanitize_name(stem: &str) -> String {
-    stem.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c.to_ascii_lowercase() } else { '-' }).collect()
+    stem.chars().map(|c| if sw::manifest::is_name_char(c) { c.to_ascii_lowercase() } else { '-' }).collect()
 }

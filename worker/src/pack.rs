@@ -305,21 +305,13 @@ fn convert(m: &WeightMatrix, target: StorageType, importance: Option<&[f32]>) ->
     let row_bytes = target.row_bytes(m.cols).unwrap_or(0);
     // Rows are independent: quantize them in parallel natively (the least-squares search is
     // the slow part of packing), then concatenate in order.
-    let rows: Vec<usize> = (0..m.rows).collect();
-    let encode = |r: &usize| {
+    let encoded = crate::tensor::parallel_map((0..m.rows).collect(), |r| {
         let mut row = vec![0f32; m.cols];
-        m.dequantize_row(*r, &mut row);
+        m.dequantize_row(r, &mut row);
         let mut out = Vec::with_capacity(row_bytes);
         quant::quantize::quantize_row_weighted(target, &row, importance, &mut out);
         out
-    };
-    #[cfg(not(target_arch = "wasm32"))]
-    let encoded: Vec<Vec<u8>> = {
-        use rayon::prelude::*;
-        rows.par_iter().map(encode).collect()
-    };
-    #[cfg(target_arch = "wasm32")]
-    let encoded: Vec<Vec<u8>> = rows.iter().map(encode).collect();
+    });
     encoded.concat()
 }
 

@@ -85,6 +85,14 @@ impl WeightMatrix {
         Ok(WeightMatrix { name: name.to_owned(), ty, rows, cols, row_bytes, bytes })
     }
 
+    /// A stored vector (norm weights, biases) as f32, size-checked like a one-row matrix.
+    pub fn vector(name: &str, ty: StorageType, len: usize, bytes: SharedBytes) -> Result<Vec<f32>, WorkerError> {
+        let m = WeightMatrix::new(name, ty, 1, len, bytes)?;
+        let mut out = vec![0.0; len];
+        m.dequantize_row(0, &mut out);
+        Ok(out)
+    }
+
     /// f32 weights from values (tests, small tensors).
     pub fn from_f32(name: &str, rows: usize, cols: usize, values: &[f32]) -> Result<Self, WorkerError> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -213,14 +221,19 @@ pub fn matmul_fused<const N: usize>(xs: &[f32], t: usize, activations: Activatio
         debug_assert_eq!((xs.len(), out.len()), (w.cols, w.rows));
         tasks.extend(out.chunks_mut(ROWS_PER_TASK).enumerate().map(|(i, chunk)| (w, i * ROWS_PER_TASK, chunk)));
     }
-    let run = |(w, first, chunk): (&WeightMatrix, usize, &mut [f32])| w.product_rows(first, chunk, &prepared);
+    parallel_map(tasks, |(w, first, chunk)| w.product_rows(first, chunk, &prepared));
+}
+
+/// `f` over every item, in parallel natively (on the rayon pool), in order on wasm32; results
+/// in item order.
+pub fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Send + Sync) -> Vec<R> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        tasks.into_par_iter().for_each(run);
+        items.into_par_iter().map(f).collect()
     }
     #[cfg(target_arch = "wasm32")]
-    tasks.into_iter().for_each(run);
+    items.into_iter().map(f).collect()
 }
 
 /// Activation statistics for importance-weighted quantization (`accel pack`): while

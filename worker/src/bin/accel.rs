@@ -29,7 +29,7 @@ mod cli {
     use serde_json::json;
     use worker::generate::{generate, GenerateParams};
     use worker::eval::{embedding_agreement, perplexity};
-    use worker::loader::{is_embedding_model, load_embedder, load_text_model, pack_path, TextModel, DEFAULT_SYSTEM_PROMPT};
+    use worker::loader::{is_embedding_model, load_embedder, load_text_model, pack_path, read_file, TextModel, DEFAULT_SYSTEM_PROMPT};
     use worker::pack::Precision;
     use worker::tensor::Activations;
     use worker::WorkerError;
@@ -301,7 +301,7 @@ of FILE's lines to those of --reference R.
         };
         let out = PathBuf::from(args.require("out")?);
         let config = match args.get("precision-config") {
-            Some(path) => Some(std::fs::read(path).map_err(|e| WorkerError::Io { path: path.to_owned(), reason: e.to_string() })?),
+            Some(path) => Some(read_file(std::path::Path::new(path))?),
             None => None,
         };
         let default_precision = if config.is_some() { "mixed" } else { "keep" };
@@ -339,8 +339,8 @@ of FILE's lines to those of --reference R.
             let agreement = embedding_agreement(&load_embedder(&path)?, &load_embedder(std::path::Path::new(reference))?, &sentences)?;
             serde_json::to_value(agreement).unwrap_or_default()
         } else {
-            let (mut m, _) = load(args)?;
-            m.model.activations = args.activations("int16")?.first().copied().unwrap_or_default();
+            // load() applies --activations.
+            let (m, _) = load(args)?;
             serde_json::to_value(perplexity(&m.model, &m.tokenizer, &text, 128)?).unwrap_or_default()
         };
         if args.flag("json") {
@@ -394,7 +394,7 @@ of FILE's lines to those of --reference R.
             "engine": "accel-cpu",
             "model": args.model()?.display().to_string(),
             "threads": threads,
-            "simd": simd_name(),
+            "simd": worker::quant::kernel_set(),
             "prompt_tokens": prompt_tokens,
             "gen_tokens": gen_tokens,
             "reps": reps,
@@ -406,15 +406,6 @@ of FILE's lines to those of --reference R.
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
         }
         Ok(())
-    }
-
-    /// The widest kernels this CPU runs (what the numbers above were measured with).
-    fn simd_name() -> &'static str {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return "avx2+fma";
-        }
-        "portable"
     }
 
     fn median(v: &mut [f64]) -> f64 {

@@ -222,10 +222,7 @@ impl TensorSource for SafetensorsSource {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, WorkerError> {
         let (stored, ty, bytes) = self.checked(name, &[len])?;
-        let m = WeightMatrix::new(&stored, ty, 1, len, bytes)?;
-        let mut out = vec![0.0; len];
-        m.dequantize_row(0, &mut out);
-        Ok(out)
+        WeightMatrix::vector(&stored, ty, len, bytes)
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -138,7 +138,7 @@ impl Bert {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self, WorkerError> {
         let config_path = dir.join("config.json");
-        let config = bert_config(&read(&config_path)?, &config_path.display().to_string())?;
+        let config = bert_config(&crate::loader::read_file(&config_path)?, &config_path.display().to_string())?;
         let file = SafetensorsFile::open(&dir.join("model.safetensors"))?;
         Bert::load(&SafetensorsSource::new(file, "bert").with_prefix("bert."), config)
     }
@@ -255,11 +255,6 @@ fn bert_config(bytes: &[u8], source_name: &str) -> Result<BertConfig, WorkerErro
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-fn read(path: &std::path::Path) -> Result<Vec<u8>, WorkerError> {
-    std::fs::read(path).map_err(|e| WorkerError::Io { path: path.display().to_string(), reason: e.to_string() })
-}
-
 /// Text → sentence embedding: a BERT encoder and its WordPiece tokenizer.
 #[derive(Debug, Clone)]
 pub struct Embedder {
@@ -280,7 +275,7 @@ impl Embedder {
     /// From an HF model directory (`config.json`, `model.safetensors`, `tokenizer.json`).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self, WorkerError> {
-        let tokenizer = Tokenizer::from_json_bytes(&read(&dir.join("tokenizer.json"))?)?;
+        let tokenizer = Tokenizer::from_json_bytes(&crate::loader::read_file(&dir.join("tokenizer.json"))?)?;
         Ok(Embedder { bert: Bert::from_hf_dir(dir)?, tokenizer })
     }
 

@@ -83,10 +83,8 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, WorkerError> {
-        let m = self.matrix_of_one_row(name, len)?;
-        let mut out = vec![0.0; len];
-        m.dequantize_row(0, &mut out);
-        Ok(out)
+        let (_, ty, bytes) = self.checked(name, &[len])?;
+        WeightMatrix::vector(name, ty, len, bytes)
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -94,12 +92,6 @@ impl TensorSource for GgufSource<'_> {
     }
 }
 
-impl GgufSource<'_> {
-    fn matrix_of_one_row(&self, name: &str, len: usize) -> Result<WeightMatrix, WorkerError> {
-        let (_, ty, bytes) = self.checked(name, &[len])?;
-        WeightMatrix::new(name, ty, 1, len, bytes)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -37,7 +37,7 @@ impl PackedModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &std::path::Path) -> Result<Self, WorkerError> {
         let path = dir.join("manifest.json");
-        let json = std::fs::read(&path).map_err(|e| WorkerError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+        let json = crate::loader::read_file(&path)?;
         PackedModel::from_parts(&json, |info| crate::loader::map_file(&dir.join(sw::manifest::shard_path(&info.sha256))))
     }
 
@@ -90,10 +90,7 @@ impl TensorSource for PackedModel {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, WorkerError> {
         let (t, ty) = self.entry(name, &[len])?;
-        let m = WeightMatrix::new(name, ty, 1, len, self.range(name, &t.shard, t.offset, t.length)?)?;
-        let mut out = vec![0.0; len];
-        m.dequantize_row(0, &mut out);
-        Ok(out)
+        WeightMatrix::vector(name, ty, len, self.range(name, &t.shard, t.offset, t.length)?)
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -104,6 +104,19 @@ impl StorageType {
     }
 }
 
+/// The widest kernels this machine runs: what benchmark figures were measured with.
+pub fn kernel_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if simd_x86::available() {
+        return "avx2+fma";
+    }
+    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+        "simd128"
+    } else {
+        "portable"
+    }
+}
+
 /// Every storage type, in the order of the enum.
 pub const ALL_TYPES: [StorageType; 7] =
     [StorageType::F32, StorageType::F16, StorageType::Q8_0, StorageType::Q4_0, StorageType::Q4_1, StorageType::Q3, StorageType::Q2];
