@@ -3,6 +3,7 @@
 // worker (Rust wasm) is registered first so that the worker's downloads are cached in IndexedDB
 // and the app keeps working offline.
 import { AccelerateError, ServiceWorkerError, WorkerChannel, requests } from './protocol.js';
+import { ModelCache } from './cache.js';
 
 export { AccelerateError, ServiceWorkerError, WorkerCrashedError } from './protocol.js';
 
@@ -13,6 +14,10 @@ const DEFAULTS = {
   workerUrl: new URL('../accel-worker.js', import.meta.url).href,
   /** How long to wait for a newly installed service worker to take control of the page. */
   serviceWorkerTimeoutMs: 15000,
+  /** Where bare model names resolve: `<modelsBaseUrl>/<name>/manifest.json`. */
+  modelsBaseUrl: new URL('../models/', import.meta.url).href,
+  /** Size limit of the shard cache in MB (undefined: leave the service worker's setting alone). */
+  cacheSizeMB: undefined,
 };
 
 export class IPFSAccelerate {
@@ -20,6 +25,8 @@ export class IPFSAccelerate {
     this.config = { ...DEFAULTS, ...config };
     this.serviceWorker = { controlled: false, scope: null };
     this._started = null;
+    /** The shard cache in the service worker: list, evict, clear, estimate, persist, prefetch, pin, unpin. */
+    this.cache = new ModelCache(this);
   }
 
   /** Registers the service worker, then starts the engine worker. Idempotent. */
@@ -29,7 +36,10 @@ export class IPFSAccelerate {
   }
 
   async #start() {
-    if (this.config.serviceWorker) this.serviceWorker = await registerServiceWorker(this.config);
+    if (this.config.serviceWorker) {
+      this.serviceWorker = await registerServiceWorker(this.config);
+      if (this.config.cacheSizeMB !== undefined) await this.cache.send({ type: 'configure', cacheSizeMB: this.config.cacheSizeMB });
+    }
     // The engine worker is created only now: a worker started before the service worker
     // controls the page would fetch around the cache.
     this._worker = new Worker(this.config.workerUrl, { type: 'module', name: 'ipfs-accelerate-engine' });

@@ -42,13 +42,17 @@ cp worker/js/accel-worker.js sw/js/accel-sw.js "$DIST.tmp/"
 # The default models, packed (manifest.json + shards/, what the runtime loads) into the cache
 # and linked in; packing is deterministic, so an unchanged model gives the same shard names.
 cargo build --release -p worker --bin accel
-pack() { # name input precision
-  target/release/accel pack "$2" --out "$CACHE/packed/$1" --name "$1" --precision "$3" >/dev/null
+pack() { # name input precision [accel pack flags...]
+  target/release/accel pack "$2" --out "$CACHE/packed/$1" --name "$1" --precision "$3" "${@:4}" >/dev/null
   mkdir -p "$DIST.tmp/models/$1"
   ln -s "$CACHE/packed/$1/manifest.json" "$CACHE/packed/$1/shards" "$DIST.tmp/models/$1/"
 }
 pack smollm2-135m "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" keep
 pack minilm-l6 "$CACHE/minilm" f32
+# Two small packs in 4 MB shards for the shard-cache tests (eviction order, budgets, mirrors);
+# they share the tokenizer shard, as packs of one tokenizer do.
+pack minilm-l6-q8 "$CACHE/minilm" q8 --shard-mb 4
+pack minilm-l6-q4 "$CACHE/minilm" q4 --shard-mb 4
 # The source files too, for the file-level cache demo and tests (fetchFile).
 ln -s "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIST.tmp/models/smollm2-135m/"
 for f in model.safetensors tokenizer.json config.json; do

@@ -8,7 +8,8 @@
 // module it exports `startServer` for tests, with a request log and hooks to shape responses.
 import { createServer } from 'node:http';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { Readable, Transform } from 'node:stream';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -44,22 +45,60 @@ export function parseRange(header, size) {
   return start <= end && start < size ? { start, end } : null;
 }
 
+/** Flips every byte of the 1000th position in each chunk (test hook: a corrupt mirror). */
+function flipBytes() {
+  return new Transform({
+    transform(chunk, _enc, done) {
+      const copy = Buffer.from(chunk);
+      for (let i = 0; i < copy.length; i += 1000) copy[i] ^= 0xff;
+      done(null, copy);
+    },
+  });
+}
+
+/** Passes bytes through at about `rate` bytes per second (test hook: a slow network). */
+function throttle(rate) {
+  return new Transform({
+    transform(chunk, _enc, done) {
+      const parts = [];
+      for (let i = 0; i < chunk.length; i += 16384) parts.push(chunk.subarray(i, i + 16384));
+      const next = () => {
+        const part = parts.shift();
+        if (!part) return done();
+        this.push(part);
+        setTimeout(next, (part.length / rate) * 1000);
+      };
+      next();
+    },
+  });
+}
+
 /**
  * Starts serving `root` (plus `mounts`: {'/prefix/': dir}). Resolves to
- * {url, port, requests, close()}; `requests` logs {method, path, range, status, time}.
+ * {url, port, requests, close()}; `requests` logs {method, path, range, status, time, bytes,
+ * end} (`bytes`: body bytes sent, `end`: when the response finished or broke off).
+ *
+ * Test hooks (never used by `make demo`):
+ *   cors: true          adds Access-Control-Allow-Origin: * (a mirror on another origin)
+ *   rewrite(path, buf)  returns replacement bytes for a whole file (e.g. add mirrors to a manifest)
+ *   fault(entry, size)  returns {corrupt: true} to flip bytes of the body, or
+ *                       {dropAfter: n} to break the connection after n body bytes
+ *   bytesPerSecond      throttles every body to this rate
  */
-export async function startServer({ root, port = 0, host = '127.0.0.1', mounts = {}, quiet = true } = {}) {
+export async function startServer({ root, port = 0, host = '127.0.0.1', mounts = {}, quiet = true, cors = false, rewrite = null, fault = null, bytesPerSecond = 0 } = {}) {
+  const corsHeaders = cors ? { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range, Content-Length' } : {};
   const roots = [...Object.entries(mounts).map(([prefix, dir]) => [prefix, resolve(dir)]), ['/', resolve(root)]];
   const requests = [];
   const sockets = new Set();
 
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    const entry = { method: req.method, path, range: req.headers.range ?? null, status: 0, time: Date.now() };
+    const entry = { method: req.method, path, range: req.headers.range ?? null, status: 0, time: Date.now(), bytes: 0, end: null };
     requests.push(entry);
     const finish = (status, headers = {}, body = '') => {
       entry.status = status;
-      res.writeHead(status, headers).end(body);
+      entry.end = Date.now();
+      res.writeHead(status, { ...corsHeaders, ...headers }).end(body);
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return finish(405, { Allow: 'GET, HEAD' });
     const [prefix, dir] = roots.find(([p]) => path.startsWith(p));
@@ -75,25 +114,56 @@ export async function startServer({ root, port = 0, host = '127.0.0.1', mounts =
     } catch {
       return finish(404, { 'Content-Type': 'text/plain' }, `not found: ${path}\n`);
     }
+    const rewritten = rewrite ? await rewrite(path, await readFile(file)) : null;
+    const size = rewritten ? rewritten.length : info.size;
     const headers = {
+      ...corsHeaders,
       'Content-Type': MIME_TYPES[extname(file)] ?? 'application/octet-stream',
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-cache',
       'Last-Modified': info.mtime.toUTCString(),
     };
-    let start = 0, end = info.size - 1, status = 200;
+    let start = 0, end = size - 1, status = 200;
     if (req.headers.range) {
-      const range = parseRange(req.headers.range, info.size);
-      if (!range) return finish(416, { 'Content-Range': `bytes */${info.size}` });
+      const range = parseRange(req.headers.range, size);
+      if (!range) return finish(416, { 'Content-Range': `bytes */${size}` });
       ({ start, end } = range);
       status = 206;
-      headers['Content-Range'] = `bytes ${start}-${end}/${info.size}`;
+      headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
     }
     headers['Content-Length'] = end - start + 1;
     entry.status = status;
     res.writeHead(status, headers);
-    if (req.method === 'HEAD' || info.size === 0) return res.end();
-    createReadStream(file, { start, end }).pipe(res);
+    if (req.method === 'HEAD' || size === 0) {
+      entry.end = Date.now();
+      return res.end();
+    }
+    const shaped = fault?.(entry, size) ?? {};
+    let body = rewritten ? Readable.from([rewritten.subarray(start, end + 1)]) : createReadStream(file, { start, end });
+    if (shaped.corrupt) body = body.pipe(flipBytes());
+    if (bytesPerSecond > 0) body = body.pipe(throttle(bytesPerSecond));
+    const limit = shaped.dropAfter ?? Infinity;
+    body.on('data', (chunk) => {
+      const room = limit - entry.bytes;
+      const part = chunk.length <= room ? chunk : chunk.subarray(0, Math.max(0, room));
+      entry.bytes += part.length;
+      if (part.length && !res.write(part)) {
+        body.pause();
+        res.once('drain', () => body.resume());
+      }
+      if (entry.bytes >= limit) {
+        // Break the connection mid-body: the client sees a truncated transfer.
+        body.destroy();
+        entry.end = Date.now();
+        res.destroy();
+      }
+    });
+    body.on('end', () => {
+      entry.end = Date.now();
+      res.end();
+    });
+    body.on('error', () => res.destroy());
+    res.on('close', () => body.destroy());
   });
 
   server.on('connection', (socket) => {

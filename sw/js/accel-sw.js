@@ -6,7 +6,7 @@
 // `pkg/sw_bg.wasm.js`) rather than a fetch: the browser stores a module service worker's static
 // imports with the worker itself, so the service worker starts offline, and a new build of the
 // wasm changes an imported script, which is what makes the browser install the new version.
-import init, { on_install, on_fetch } from './pkg/sw.js';
+import init, { on_install, on_fetch, on_message } from './pkg/sw.js';
 import { wasmBase64 } from './pkg/sw_bg.wasm.js';
 
 const wasmBytes = () => Uint8Array.from(atob(wasmBase64), (c) => c.charCodeAt(0));
@@ -24,4 +24,18 @@ self.addEventListener('activate', (event) => {
 
 self.addEventListener('fetch', (event) => {
   event.respondWith(ready.then(() => on_fetch(event.request)));
+});
+
+// Cache requests from host-js (`acc.cache.*`): the request is the message, the reply and any
+// progress events go back over the MessageChannel port sent with it.
+self.addEventListener('message', (event) => {
+  const port = event.ports[0];
+  if (!port) return; // not one of ours
+  const progress = (update) => port.postMessage(update);
+  event.waitUntil(
+    ready
+      .then(() => on_message(JSON.stringify(event.data), progress))
+      .catch((err) => ({ type: 'error', error: { name: 'ServiceWorkerError', message: `the service worker failed: ${err}` } }))
+      .then((reply) => port.postMessage(reply)),
+  );
 });

@@ -34,6 +34,19 @@ pub enum SwError {
     #[error("the model manifest has format version {found}, but this build reads up to version {supported}; update ipfs-accelerate-web")]
     ManifestVersion { found: u64, supported: u32 },
 
+    /// The browser refused to store more (IndexedDB `QuotaExceededError`), even after eviction.
+    #[error("storage quota exceeded while storing {key}: {reason}; the model still runs from memory but will download again next time — free space, lower other sites' usage, or call cache.persist()")]
+    Quota { key: String, reason: String },
+
+    /// A download stopped part-way (connection dropped, stream error). What arrived is kept
+    /// and the next attempt resumes from it with an HTTP `Range` request.
+    #[error("the download of {url} stopped after {received} bytes: {reason}")]
+    Interrupted { url: String, received: u64, reason: String },
+
+    /// A cache message (from `acc.cache.*`) that is malformed or names nothing we know.
+    #[error("cache request refused: {reason}")]
+    CacheRequest { reason: String },
+
     /// Bytes that are not what their content address says (corrupt download or file).
     #[error("{what} failed verification: expected sha256 {expected}, got {actual}; it was not used — re-download or re-pack it")]
     Integrity { what: String, expected: String, actual: String },
@@ -51,6 +64,9 @@ impl SwError {
             SwError::Manifest { .. } => "ManifestError",
             SwError::ManifestVersion { .. } => "ManifestVersionError",
             SwError::Integrity { .. } => "IntegrityError",
+            SwError::Quota { .. } => "QuotaError",
+            SwError::Interrupted { .. } => "DownloadInterruptedError",
+            SwError::CacheRequest { .. } => "CacheRequestError",
         }
     }
 }

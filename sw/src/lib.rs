@@ -11,11 +11,14 @@
 //! cache's domain), so nothing here may depend on web-sys outside `entry`.
 
 pub mod content;
+pub mod download;
 pub mod error;
 pub mod manifest;
+pub mod messages;
 pub mod policy;
 pub mod route;
 pub mod serve;
+pub mod shard_cache;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

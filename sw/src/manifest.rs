@@ -211,6 +211,19 @@ impl Manifest {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// The lowest priority among the components with bytes in `shard` (what the cache weighs
+    /// it by: a shard holding the tokenizer is worth as much as the tokenizer).
+    pub fn shard_priority(&self, shard: &ContentHash) -> u32 {
+        self.components
+            .iter()
+            .filter(|c| {
+                c.tensors.iter().filter_map(|t| self.tensor(t)).any(|t| &t.shard == shard) || c.files.iter().filter_map(|f| self.file(f)).any(|f| &f.shard == shard)
+            })
+            .map(|c| c.priority)
+            .min()
+            .unwrap_or(u32::MAX / 2)
+    }
+
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.name == name)
     }

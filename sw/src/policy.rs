@@ -22,14 +22,19 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ContentHash;
 
 /// How much more the first component is worth than a late one (priority 0 gets ×(1 + 2)).
 const EARLY_BONUS: f64 = 2.0;
 
-/// What the cache records about one stored shard.
-#[derive(Debug, Clone, PartialEq)]
+/// What the cache records about one stored shard (persisted inside the shard's metadata
+/// record, so field names are the IndexedDB record's, camelCase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ShardRecord {
+    #[serde(rename = "sha256")]
     pub hash: ContentHash,
     pub bytes: u64,
     /// Milliseconds since the epoch of the last use (tie-break: least recent goes first).

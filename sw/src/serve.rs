@@ -18,7 +18,33 @@ pub struct Fetched {
 /// an HTTP error status is an `Ok` with that status.
 #[allow(async_fn_in_trait)]
 pub trait Network {
+    type Body: ResponseBody;
+    /// The whole body at once (app shell, manifests: small files).
     async fn get(&self, url: &str) -> Result<Fetched, SwError>;
+    /// A streamed body, from byte `from` on (`Range: bytes=<from>-` when `from > 0`), for
+    /// shards: verified as it streams and resumable.
+    async fn open(&self, url: &str, from: u64) -> Result<Opened<Self::Body>, SwError>;
+}
+
+/// A response whose body is still arriving.
+pub struct Opened<B> {
+    pub status: u16,
+    /// The first byte of a 206's `Content-Range` (`bytes <start>-<end>/<size>`).
+    pub range_start: Option<u64>,
+    pub body: B,
+}
+
+/// A body read chunk by chunk. `Ok(None)` is the normal end; `Err` a broken transfer
+/// ([`SwError::Interrupted`]).
+#[allow(async_fn_in_trait)]
+pub trait ResponseBody {
+    async fn chunk(&mut self) -> Result<Option<Vec<u8>>, SwError>;
+}
+
+/// `bytes 100-199/1000` → 100.
+pub fn content_range_start(header: &str) -> Option<u64> {
+    let rest = header.trim().strip_prefix("bytes ")?;
+    rest.split('-').next()?.trim().parse().ok()
 }
 
 /// Where the bytes of an answer came from; the entry reports it in the `x-accel-source` header.
@@ -46,8 +72,9 @@ pub struct Served {
     pub store_error: Option<SwError>,
 }
 
-/// Answers `url` along `route`. `Route::Passthrough` is the entry's business (it forwards the
-/// original request untouched) and is refused here.
+/// Answers `url` along `route`. `Route::Shard` is [`crate::shard_cache`]'s and
+/// `Route::Passthrough` the entry's business (it forwards the original request untouched); both
+/// are refused here.
 pub async fn serve<S: BlobStore, N: Network>(route: &Route, url: &str, store: &S, net: &N) -> Result<Served, SwError> {
     match route {
         Route::ModelFile { key } => {
@@ -58,7 +85,7 @@ pub async fn serve<S: BlobStore, N: Network>(route: &Route, url: &str, store: &S
             let store_error = store.put(key, &blob).await.err();
             Ok(Served { blob, source: Source::Network, store_error })
         }
-        Route::AppShell { key } => match net.get(url).await {
+        Route::AppShell { key } | Route::Manifest { key } => match net.get(url).await {
             Ok(fetched) => {
                 let blob = expect_ok(url, fetched)?;
                 let store_error = store.put(key, &blob).await.err();
@@ -69,7 +96,8 @@ pub async fn serve<S: BlobStore, N: Network>(route: &Route, url: &str, store: &S
                 None => Err(offline),
             },
         },
-        Route::Passthrough => Err(SwError::BadUrl { url: url.to_owned() }),
+        // Shards are the shard cache's; passthrough is forwarded untouched by the entry.
+        Route::Shard { .. } | Route::Passthrough => Err(SwError::BadUrl { url: url.to_owned() }),
     }
 }
 
