@@ -17,8 +17,24 @@ class StandInWorker extends EventTarget {
 }
 
 test('request builders produce exactly the fixture messages', () => {
-  const built = [requests.capabilities(), requests.fetchFile('/models/minilm-l6/tokenizer.json')];
+  const built = [
+    requests.capabilities(),
+    requests.fetchFile('/models/minilm-l6/tokenizer.json'),
+    requests.loadModel('http://127.0.0.1:8080/models/smollm2-135m/manifest.json'),
+    // Unset options are not sent (the worker applies the CLI's defaults), callbacks never.
+    requests.generate('smollm2-135m#1', 'Once upon a time, there was a little', { maxTokens: undefined, onTokenReceived: () => {} }),
+    requests.generate('smollm2-135m#1', 'What is the capital of France?', { maxTokens: 12, temperature: 0.5, topK: 40, topP: 0.875, seed: 42, chat: true }),
+    requests.embed('minilm-l6#2', ['The weather is lovely today.', "It's so sunny outside!"]),
+    requests.unloadModel('smollm2-135m#1'),
+  ];
   assert.deepEqual(built.map((body, i) => ({ id: i + 1, ...body })), fixtures.requests);
+});
+
+test('a generate option this version does not implement is refused by name, not dropped', () => {
+  assert.throws(
+    () => requests.generate('m#1', 'hi', { stopSequences: ['\n'] }),
+    (err) => err instanceof AccelerateError && err.name === 'InvalidParameterError' && /stopSequences/.test(err.message),
+  );
 });
 
 test('replies resolve the request with their id, in any order', async () => {
@@ -39,6 +55,10 @@ test('error replies reject with a named AccelerateError', async () => {
   const pending = channel.request(requests.fetchFile('/models/x'));
   worker.reply({ ...fixtures.replies[1], id: worker.posted[0].id });
   await assert.rejects(pending, (err) => err instanceof AccelerateError && err.name === 'FetchError' && /404/.test(err.message));
+  // The service worker's names come through unchanged (the worker keeps them, see error.rs).
+  const load = channel.request(requests.loadModel('http://127.0.0.1:8080/models/smollm2-135m/manifest.json'));
+  worker.reply({ ...fixtures.replies[2], id: worker.posted[1].id });
+  await assert.rejects(load, (err) => err instanceof AccelerateError && err.name === 'IntegrityError' && /verification/.test(err.message));
 });
 
 test('a crashed worker rejects everything pending and every later request', async () => {

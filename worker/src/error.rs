@@ -55,6 +55,16 @@ pub enum WorkerError {
     #[error("cannot access {path}: {reason}")]
     Io { path: String, reason: String },
 
+    /// A download the service worker refused and named (`x-accel-error` header): the error
+    /// keeps the service worker's name (one of [`SERVICE_WORKER_ERROR_NAMES`]) and message, so
+    /// JS sees e.g. `IntegrityError` whether the worker or the service worker caught it.
+    #[error("{message}")]
+    ServiceWorker { name: &'static str, url: String, message: String },
+
+    /// A request named a model id that is not loaded (never was, or was unloaded).
+    #[error("no model {model_id:?} is loaded in this worker; load it with loadModel (it may have been unloaded)")]
+    ModelNotLoaded { model_id: String },
+
     /// A packed model's manifest or shard failed validation (the `sw` crate owns the format;
     /// its error keeps its own name: ManifestError, ManifestVersionError, IntegrityError).
     #[error(transparent)]
@@ -76,7 +86,109 @@ impl WorkerError {
             WorkerError::Tokenizer { .. } => "TokenizerError",
             WorkerError::ContextOverflow { .. } => "ContextOverflowError",
             WorkerError::Io { .. } => "IoError",
+            WorkerError::ServiceWorker { name, .. } => name,
+            WorkerError::ModelNotLoaded { .. } => "ModelNotLoadedError",
             WorkerError::Package(inner) => inner.name(),
         }
+    }
+}
+
+/// The names the service worker gives its failures: a copy of `sw::SwError::name`'s values,
+/// kept here because a failed fetch carries only the name as text (`x-accel-error`) and the
+/// worker's error name must be a `&'static str`. The test below matches `SwError` exhaustively,
+/// so a new variant in the `sw` crate fails to compile until it is listed here too.
+pub const SERVICE_WORKER_ERROR_NAMES: &[&str] = &[
+    "NetworkError",
+    "HttpStatusError",
+    "StorageError",
+    "InvalidHashError",
+    "BadUrlError",
+    "ManifestError",
+    "ManifestVersionError",
+    "IntegrityError",
+];
+
+/// `SERVICE_WORKER_ERROR_NAMES`'s entry for an `x-accel-error` header value, if it is one.
+pub fn service_worker_error_name(header: &str) -> Option<&'static str> {
+    SERVICE_WORKER_ERROR_NAMES.iter().copied().find(|&name| name == header.trim())
+}
+
+impl WorkerError {
+    /// The error for a fetch of `url` that answered `status` instead of the file. When the
+    /// service worker answered (header `x-accel-error: <Name>`, body `{name, message}`), the
+    /// error takes its name and message; any other failure is a `FetchError` with the status.
+    pub fn from_failed_fetch(url: &str, status: u16, accel_error: Option<&str>, body: &[u8]) -> WorkerError {
+        let fetch_error = |detail: String| WorkerError::Fetch { url: url.to_owned(), reason: format!("HTTP {status}{detail}") };
+        let Some(header) = accel_error else {
+            return fetch_error(String::new());
+        };
+        let Some(name) = service_worker_error_name(header) else {
+            // A name this build does not know (a newer service worker): keep it in the text.
+            return fetch_error(format!(" ({header} from the service worker)"));
+        };
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("the service worker answered {url} with HTTP {status} ({name})"));
+        WorkerError::ServiceWorker { name, url: url.to_owned(), message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sw::SwError;
+
+    /// Every `SwError` name is in [`SERVICE_WORKER_ERROR_NAMES`]. The match has no wildcard
+    /// arm on purpose: a variant added to `sw` breaks this test's build until it is listed.
+    #[test]
+    fn every_service_worker_error_name_is_known() {
+        let s = String::new;
+        let every_variant = [
+            SwError::Network { url: s(), reason: s() },
+            SwError::HttpStatus { url: s(), status: 404 },
+            SwError::Storage { op: "put", key: s(), reason: s() },
+            SwError::InvalidHash { value: s() },
+            SwError::BadUrl { url: s() },
+            SwError::Manifest { reason: s() },
+            SwError::ManifestVersion { found: 2, supported: 1 },
+            SwError::Integrity { what: s(), expected: s(), actual: s() },
+        ];
+        for err in &every_variant {
+            match err {
+                SwError::Network { .. }
+                | SwError::HttpStatus { .. }
+                | SwError::Storage { .. }
+                | SwError::InvalidHash { .. }
+                | SwError::BadUrl { .. }
+                | SwError::Manifest { .. }
+                | SwError::ManifestVersion { .. }
+                | SwError::Integrity { .. } => {}
+            }
+            assert_eq!(service_worker_error_name(err.name()), Some(err.name()));
+        }
+        assert_eq!(every_variant.len(), SERVICE_WORKER_ERROR_NAMES.len(), "a listed name no SwError variant has");
+    }
+
+    #[test]
+    fn a_named_service_worker_failure_keeps_its_name_and_message() {
+        let body = br#"{"name":"IntegrityError","message":"shards/ab.bin failed verification: expected sha256 ab, got cd"}"#;
+        let err = WorkerError::from_failed_fetch("http://x/shards/ab.bin", 502, Some("IntegrityError"), body);
+        assert_eq!(err.name(), "IntegrityError");
+        assert_eq!(err.to_string(), "shards/ab.bin failed verification: expected sha256 ab, got cd");
+        // A body that is not the service worker's JSON still gives the name and a message.
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 404, Some("HttpStatusError"), b"<html>");
+        assert_eq!(err.name(), "HttpStatusError");
+        assert!(err.to_string().contains("404"), "{err}");
+    }
+
+    #[test]
+    fn other_failed_fetches_are_fetch_errors_with_the_status() {
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 404, None, b"not found");
+        assert_eq!(err.name(), "FetchError");
+        assert_eq!(err.to_string(), "cannot fetch http://x/m.json: HTTP 404");
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 500, Some("QuotaFromTheFutureError"), b"{}");
+        assert_eq!(err.name(), "FetchError");
+        assert!(err.to_string().contains("QuotaFromTheFutureError from the service worker"), "{err}");
     }
 }
