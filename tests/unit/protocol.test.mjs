@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { AccelerateError, WorkerChannel, WorkerCrashedError, requests } from '../../host-js/protocol.js';
+import { IPFSAccelerate, Model } from '../../host-js/ipfs-accelerate.js';
 
 const fixtures = JSON.parse(await readFile(new URL('../fixtures/protocol.json', import.meta.url), 'utf8'));
 
@@ -35,6 +36,42 @@ test('a generate option this version does not implement is refused by name, not 
     () => requests.generate('m#1', 'hi', { stopSequences: ['\n'] }),
     (err) => err instanceof AccelerateError && err.name === 'InvalidParameterError' && /stopSequences/.test(err.message),
   );
+});
+
+test('Model sends its id with every request and resolves the worker results', async () => {
+  const worker = new StandInWorker();
+  const channel = new WorkerChannel(worker);
+  const model = new Model((body) => channel.request(body), fixtures.loadedModel);
+  assert.equal(model.info.kind, 'text');
+
+  const generated = model.generate('Once upon a time, there was a little', { maxTokens: 3 });
+  const embedded = model.embed('one sentence');
+  assert.deepEqual(worker.posted.map(({ id, ...body }) => body), [
+    { type: 'generate', modelId: 'smollm2-135m#1', prompt: 'Once upon a time, there was a little', maxTokens: 3 },
+    { type: 'embed', modelId: 'smollm2-135m#1', texts: ['one sentence'] },
+  ]);
+  worker.reply({ id: 1, type: 'result', value: fixtures.generateResult });
+  worker.reply({ id: 2, type: 'error', error: { name: 'InvalidParameterError', message: 'model smollm2-135m#1 is a text-generation model: use generate, not embed' } });
+  assert.deepEqual((await generated).tokenIds, [8180, 3365, 20391]);
+  await assert.rejects(embedded, (err) => err.name === 'InvalidParameterError');
+
+  const unloaded = model.unload();
+  worker.reply({ id: 3, type: 'result', value: fixtures.unloadedModel });
+  await unloaded;
+  await model.unload(); // the second unload asks nothing
+  assert.equal(worker.posted.length, 3);
+  assert.deepEqual(worker.posted[2], { id: 3, type: 'unloadModel', modelId: 'smollm2-135m#1' });
+});
+
+test('model names resolve under modelsBaseUrl; URLs resolve against the page', () => {
+  globalThis.location ??= new URL('http://127.0.0.1:8080/demo/index.html');
+  const acc = new IPFSAccelerate({ modelsBaseUrl: 'http://127.0.0.1:8080/models' });
+  assert.equal(acc.manifestUrl('smollm2-135m'), 'http://127.0.0.1:8080/models/smollm2-135m/manifest.json');
+  assert.equal(acc.manifestUrl('/models/minilm-l6/manifest.json'), 'http://127.0.0.1:8080/models/minilm-l6/manifest.json');
+  assert.equal(acc.manifestUrl('manifest.json'), 'http://127.0.0.1:8080/demo/manifest.json');
+  assert.equal(acc.manifestUrl('https://cdn.example/m/manifest.json'), 'https://cdn.example/m/manifest.json');
+  // The default base is the site's /models/ folder, next to /host-js/.
+  assert.match(new IPFSAccelerate().config.modelsBaseUrl, /\/models\/$/);
 });
 
 test('replies resolve the request with their id, in any order', async () => {
