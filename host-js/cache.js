@@ -4,12 +4,6 @@
 // {type: 'progress', ...} events (prefetch). Message shapes: sw/src/messages.rs.
 import { ServiceWorkerError, errorFromPayload } from './protocol.js';
 
-/** `smollm2-135m` → `<modelsBaseUrl>/smollm2-135m/manifest.json`; URLs pass through (absolute). */
-export function resolveManifestUrl(nameOrUrl, modelsBaseUrl) {
-  if (/^[A-Za-z0-9._-]+$/.test(nameOrUrl)) return new URL(`${nameOrUrl}/manifest.json`, modelsBaseUrl).href;
-  return new URL(nameOrUrl, location.href).href;
-}
-
 export class ModelCache {
   #acc;
 
@@ -69,7 +63,7 @@ export class ModelCache {
    * downloadedBytes, stored, notStored}.
    */
   prefetch(nameOrUrl, { onProgress } = {}) {
-    const url = resolveManifestUrl(nameOrUrl, this.#acc.config.modelsBaseUrl);
+    const url = this.#acc.manifestUrl(nameOrUrl);
     return this.#ask({ type: 'prefetch', url }, onProgress);
   }
 

@@ -12,6 +12,8 @@ export interface IPFSAccelerateConfig {
   /** Engine worker script URL. */
   workerUrl?: string;
   serviceWorkerTimeoutMs?: number;
+  /** Where bare model names are looked up (default: the site's `/models/`). */
+  modelsBaseUrl?: string;
 }
 
 export interface AdapterSummary {
@@ -43,6 +45,61 @@ export interface FetchedFile {
   source: 'store' | 'network';
 }
 
+export interface LoadedShard {
+  sha256: string;
+  bytes: number;
+  /** Where the bytes came from: IndexedDB via the service worker, or the network. */
+  source: 'store' | 'network';
+  /** False when the service worker served the shard but could not keep it. */
+  stored: boolean;
+  /** Why it was not stored (the service worker's `x-accel-not-stored`). */
+  notStored?: string;
+}
+
+export interface LoadedModelInfo {
+  modelId: string;
+  name: string;
+  architecture: string;
+  kind: 'text' | 'embedding';
+  totalBytes: number;
+  loadMs: number;
+  shards: LoadedShard[];
+}
+
+export interface GenerateOptions {
+  /** Default 128. */
+  maxTokens?: number;
+  /** Default 0: greedy. */
+  temperature?: number;
+  /** 0 (default) = off. */
+  topK?: number;
+  /** 1 (default) = off. */
+  topP?: number;
+  seed?: number;
+  /** Wrap the prompt in the model's chat template (one user turn, default system prompt). */
+  chat?: boolean;
+}
+
+export interface GenerateResult {
+  text: string;
+  tokenIds: number[];
+  promptTokenIds: number[];
+  stopReason: 'eos' | 'stopSequence' | 'maxTokens' | 'contextFull' | 'cancelled';
+  timings: { prefillTokensPerS: number; decodeTokensPerS: number; timeToFirstTokenMs: number };
+}
+
+export interface Embeddings {
+  dim: number;
+  embeddings: number[][];
+}
+
+export class Model {
+  readonly info: LoadedModelInfo;
+  generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
+  embed(texts: string | string[]): Promise<Embeddings>;
+  unload(): Promise<void>;
+}
+
 export class IPFSAccelerate {
   constructor(config?: IPFSAccelerateConfig);
   readonly config: Required<IPFSAccelerateConfig>;
@@ -50,5 +107,8 @@ export class IPFSAccelerate {
   ready(): Promise<IPFSAccelerate>;
   getCapabilities(): Promise<Capabilities>;
   fetchFile(url: string): Promise<FetchedFile>;
+  /** A model name (looked up under `modelsBaseUrl`) or a manifest.json URL. */
+  loadModel(nameOrManifestUrl: string, options?: Record<string, unknown>): Promise<Model>;
+  manifestUrl(nameOrManifestUrl: string): string;
   terminate(): void;
 }

@@ -73,10 +73,77 @@ export class IPFSAccelerate {
     return this.#request(requests.fetchFile(new URL(url, location.href).href));
   }
 
+  /**
+   * Downloads a packed model (manifest.json + shards, through the service worker's cache) and
+   * loads it in the engine worker; resolves to a `Model`. `nameOrManifestUrl` is a model name
+   * (`'smollm2-135m'` → `<modelsBaseUrl>smollm2-135m/manifest.json`) or a manifest URL,
+   * absolute or relative to the page. `options` is reserved for later slices (progress,
+   * backend, components) and not read yet.
+   */
+  async loadModel(nameOrManifestUrl, options = {}) {
+    const info = await this.#request(requests.loadModel(this.manifestUrl(nameOrManifestUrl)));
+    return new Model((body) => this.#request(body), info);
+  }
+
+  /** The absolute manifest URL `loadModel` fetches for a model name or URL. */
+  manifestUrl(nameOrManifestUrl) {
+    const value = String(nameOrManifestUrl);
+    if (MODEL_NAME.test(value) && !value.endsWith('.json')) {
+      return new URL(`${value}/manifest.json`, ensureTrailingSlash(this.config.modelsBaseUrl)).href;
+    }
+    return new URL(value, location.href).href;
+  }
+
   /** Stops the engine worker. The service worker stays (it serves other tabs and offline use). */
   terminate() {
     this._worker?.terminate();
     this._started = null;
+  }
+}
+
+/** A model name as `accel pack --name` allows it: letters, digits, '-', '_', '.'. */
+const MODEL_NAME = /^[A-Za-z0-9._-]+$/;
+
+function ensureTrailingSlash(url) {
+  const href = new URL(url, location.href).href;
+  return href.endsWith('/') ? href : `${href}/`;
+}
+
+/**
+ * A model loaded in the engine worker (from `acc.loadModel`). `info` is the worker's load
+ * report: `{modelId, name, architecture, kind: 'text' | 'embedding', totalBytes, loadMs,
+ * shards: [{sha256, bytes, source, stored, notStored?}]}`.
+ */
+export class Model {
+  #send;
+  #unloaded = false;
+
+  constructor(send, info) {
+    this.#send = send;
+    this.info = info;
+  }
+
+  /**
+   * Generates a completion of `prompt` (a text model). Options: maxTokens (128), temperature
+   * (0 = greedy, the default), topK, topP, seed, chat (wrap the prompt in the model's chat
+   * template). Resolves `{text, tokenIds, promptTokenIds, stopReason, timings:
+   * {prefillTokensPerS, decodeTokensPerS, timeToFirstTokenMs}}` — the same tokens as
+   * `accel generate --json` natively.
+   */
+  async generate(prompt, options = {}) {
+    return this.#send(requests.generate(this.info.modelId, prompt, options));
+  }
+
+  /** Sentence embeddings (an embedding model): a string or an array → `{dim, embeddings}`. */
+  async embed(texts) {
+    return this.#send(requests.embed(this.info.modelId, typeof texts === 'string' ? [texts] : Array.from(texts)));
+  }
+
+  /** Frees the model in the worker. Later calls on it reject with ModelNotLoadedError. */
+  async unload() {
+    if (this.#unloaded) return;
+    this.#unloaded = true;
+    await this.#send(requests.unloadModel(this.info.modelId));
   }
 }
 

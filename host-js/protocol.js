@@ -2,6 +2,11 @@
 // both sides' tests parse tests/fixtures/protocol.json.
 //
 //   host -> worker   {id, type: 'capabilities'} | {id, type: 'fetchFile', url}
+//                  | {id, type: 'loadModel', url}            (absolute manifest.json URL)
+//                  | {id, type: 'generate', modelId, prompt, maxTokens?, temperature?, topK?,
+//                     topP?, seed?, chat?}
+//                  | {id, type: 'embed', modelId, texts}
+//                  | {id, type: 'unloadModel', modelId}
 //   worker -> host   {id, type: 'result', value} | {id, type: 'error', error: {name, message}}
 
 /** Base class of every error this library rejects with; `name` says which failure it is. */
@@ -35,7 +40,33 @@ export function errorFromPayload({ name, message }) {
 export const requests = {
   capabilities: () => ({ type: 'capabilities' }),
   fetchFile: (url) => ({ type: 'fetchFile', url }),
+  loadModel: (url) => ({ type: 'loadModel', url }),
+  /** Only the options given are sent; the worker fills in the rest (greedy, 128 tokens). */
+  generate: (modelId, prompt, options = {}) => ({ type: 'generate', modelId, prompt, ...generateOptions(options) }),
+  embed: (modelId, texts) => ({ type: 'embed', modelId, texts }),
+  unloadModel: (modelId) => ({ type: 'unloadModel', modelId }),
 };
+
+/** The generate options the worker reads (worker/src/protocol.rs `GenerateRequest`). */
+export const GENERATE_OPTIONS = ['maxTokens', 'temperature', 'topK', 'topP', 'seed', 'chat'];
+
+/**
+ * The generate options that are set. An option this version does not implement is refused
+ * here by name (InvalidParameterError) rather than silently ignored, since it would change the
+ * output; functions (callbacks such as onTokenReceived) are left out, as they cannot cross
+ * postMessage and nothing streams yet.
+ */
+function generateOptions(options) {
+  const picked = {};
+  for (const [name, value] of Object.entries(options ?? {})) {
+    if (value === undefined || typeof value === 'function') continue;
+    if (!GENERATE_OPTIONS.includes(name)) {
+      throw new AccelerateError('InvalidParameterError', `generate option ${JSON.stringify(name)} is not supported by this version; supported: ${GENERATE_OPTIONS.join(', ')}`);
+    }
+    picked[name] = value;
+  }
+  return picked;
+}
 
 /**
  * Sends requests to a Worker (anything with postMessage/addEventListener) and resolves each

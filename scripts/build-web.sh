@@ -17,7 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${ACCEL_CACHE:-$HOME/.cache/ipfs-accelerate}"
 DIST=dist
-WASM_DIR=target/wasm32-unknown-unknown/release
+# Cargo's output directory: CARGO_TARGET_DIR when set (e.g. a second worktree building beside
+# the first), else ./target.
+TARGET="${CARGO_TARGET_DIR:-target}"
+WASM_DIR="$TARGET/wasm32-unknown-unknown/release"
 
 cargo build --release --target wasm32-unknown-unknown -p worker -p sw --lib
 
@@ -43,7 +46,7 @@ cp worker/js/accel-worker.js sw/js/accel-sw.js "$DIST.tmp/"
 # and linked in; packing is deterministic, so an unchanged model gives the same shard names.
 cargo build --release -p worker --bin accel
 pack() { # name input precision [accel pack flags...]
-  target/release/accel pack "$2" --out "$CACHE/packed/$1" --name "$1" --precision "$3" "${@:4}" >/dev/null
+  "$TARGET/release/accel" pack "$2" --out "$CACHE/packed/$1" --name "$1" --precision "$3" "${@:4}" >/dev/null
   mkdir -p "$DIST.tmp/models/$1"
   ln -s "$CACHE/packed/$1/manifest.json" "$CACHE/packed/$1/shards" "$DIST.tmp/models/$1/"
 }

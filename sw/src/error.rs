@@ -53,6 +53,22 @@ pub enum SwError {
 }
 
 impl SwError {
+    /// Every [`SwError::name`], for code that receives one as text (the worker reads the
+    /// service worker's `x-accel-error` header). The test below keeps it complete.
+    pub const NAMES: &'static [&'static str] = &[
+        "NetworkError",
+        "HttpStatusError",
+        "StorageError",
+        "InvalidHashError",
+        "BadUrlError",
+        "ManifestError",
+        "ManifestVersionError",
+        "QuotaError",
+        "DownloadInterruptedError",
+        "CacheRequestError",
+        "IntegrityError",
+    ];
+
     /// The stable error name JS sees (`error.name`); tests and users match on it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -68,5 +84,46 @@ impl SwError {
             SwError::Interrupted { .. } => "DownloadInterruptedError",
             SwError::CacheRequest { .. } => "CacheRequestError",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lists_every_variant_once() {
+        let s = String::new;
+        let every_variant = [
+            SwError::Network { url: s(), reason: s() },
+            SwError::HttpStatus { url: s(), status: 404 },
+            SwError::Storage { op: "put", key: s(), reason: s() },
+            SwError::InvalidHash { value: s() },
+            SwError::BadUrl { url: s() },
+            SwError::Manifest { reason: s() },
+            SwError::ManifestVersion { found: 2, supported: 1 },
+            SwError::Quota { key: s(), reason: s() },
+            SwError::Interrupted { url: s(), received: 0, reason: s() },
+            SwError::CacheRequest { reason: s() },
+            SwError::Integrity { what: s(), expected: s(), actual: s() },
+        ];
+        for err in &every_variant {
+            // Exhaustive: a new variant fails to compile here until it is listed above too.
+            match err {
+                SwError::Network { .. }
+                | SwError::HttpStatus { .. }
+                | SwError::Storage { .. }
+                | SwError::InvalidHash { .. }
+                | SwError::BadUrl { .. }
+                | SwError::Manifest { .. }
+                | SwError::ManifestVersion { .. }
+                | SwError::Quota { .. }
+                | SwError::Interrupted { .. }
+                | SwError::CacheRequest { .. }
+                | SwError::Integrity { .. } => {}
+            }
+        }
+        let names: Vec<&str> = every_variant.iter().map(SwError::name).collect();
+        assert_eq!(names, SwError::NAMES);
     }
 }

@@ -1,25 +1,47 @@
 //! Dedicated-worker entry (wasm32 only).
 //!
 //! `worker/js/accel-worker.js` passes every host message here as a JSON string and posts back
-//! the JSON reply. Nothing in here panics on input: malformed messages, failed fetches and a
-//! missing WebGPU all come back as replies, so the worker survives every request.
+//! the JSON reply. Nothing in here panics on input: malformed messages, failed fetches, bad
+//! models and a missing WebGPU all come back as replies, so the worker survives every request.
+//!
+//! Loaded models live in a thread-local [`LoadedModels`] (the worker has one thread). A load
+//! awaits its downloads without holding it, so other requests are answered meanwhile; the
+//! model is added only once every shard is verified and the model built. `generate` and
+//! `embed` run synchronously to the end, so they never hold it across an `await` either.
+
+use std::cell::RefCell;
 
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Response, WorkerGlobalScope};
 
-use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, Reply, Request, WebGpuReport};
+use crate::clock::now_ms;
+use crate::models::packed_source::PackedModel;
+use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, LoadedModelInfo, LoadedShard, Reply, Request, WebGpuReport};
+use crate::runtime::{shard_url, LoadedModel, LoadedModels};
+use crate::tensor::SharedBytes;
 use crate::WorkerError;
+
+thread_local! {
+    static MODELS: RefCell<LoadedModels> = RefCell::new(LoadedModels::default());
+}
 
 /// Handles one host message (JSON) and returns the reply (JSON).
 #[wasm_bindgen]
 pub async fn handle_message(message: String) -> String {
     let reply = match protocol::parse_request(&message) {
-        Ok(envelope) => match envelope.request {
-            Request::Capabilities => protocol::reply(envelope.id, Ok(capabilities().await)),
-            Request::FetchFile { url } => protocol::reply(envelope.id, fetch_file(&url).await),
-        },
+        Ok(envelope) => {
+            let id = envelope.id;
+            match envelope.request {
+                Request::Capabilities => protocol::reply(id, Ok(capabilities().await)),
+                Request::FetchFile { url } => protocol::reply(id, fetch_file(&url).await),
+                Request::LoadModel { url } => protocol::reply(id, load_model(&url).await),
+                Request::Generate(request) => protocol::reply(id, MODELS.with(|m| m.borrow().generate(&request))),
+                Request::Embed { model_id, texts } => protocol::reply(id, MODELS.with(|m| m.borrow().embed(&model_id, &texts))),
+                Request::UnloadModel { model_id } => protocol::reply(id, MODELS.with(|m| m.borrow_mut().unload(&model_id))),
+            }
+        }
         // Without an id the host cannot route the reply; id 0 is reserved for exactly this.
         Err((id, err)) => Reply::Error { id: id.unwrap_or(0), error: (&err).into() },
     };
@@ -95,21 +117,66 @@ async fn probe_webgpu(navigator: &JsValue) -> WebGpuReport {
     }
 }
 
-async fn fetch_file(url: &str) -> Result<FetchedFile, WorkerError> {
+/// One successful download: the body and the headers the service worker adds.
+struct Download {
+    bytes: Vec<u8>,
+    /// `x-accel-source`; `"network"` when no service worker answered.
+    source: String,
+    /// `x-accel-not-stored`: why the service worker could not keep it.
+    not_stored: Option<String>,
+}
+
+/// GETs `url`. A non-2xx answer is an error named by the service worker when it named one
+/// (`x-accel-error`, see [`WorkerError::from_failed_fetch`]), else a `FetchError`.
+async fn download(url: &str) -> Result<Download, WorkerError> {
     let failed = |reason: String| WorkerError::Fetch { url: url.to_owned(), reason };
     let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
     let response: Response = JsFuture::from(scope.fetch_with_str(url)).await.map_err(|e| failed(js_message(&e)))?.unchecked_into();
     let header = |name: &str| response.headers().get(name).ok().flatten();
+    let body = async {
+        let buffer = response.array_buffer().map_err(|e| failed(js_message(&e)))?;
+        Ok::<_, WorkerError>(Uint8Array::new(&JsFuture::from(buffer).await.map_err(|e| failed(js_message(&e)))?).to_vec())
+    };
     if !response.ok() {
-        let named = header("x-accel-error").map(|n| format!(" ({n} from the service worker)")).unwrap_or_default();
-        return Err(failed(format!("HTTP {}{named}", response.status())));
+        // The body only refines the message; a body that cannot be read leaves it out.
+        let bytes = body.await.unwrap_or_default();
+        return Err(WorkerError::from_failed_fetch(url, response.status(), header("x-accel-error").as_deref(), &bytes));
     }
-    let buffer = response.array_buffer().map_err(|e| failed(js_message(&e)))?;
-    let bytes = Uint8Array::new(&JsFuture::from(buffer).await.map_err(|e| failed(js_message(&e)))?).to_vec();
-    Ok(FetchedFile {
-        url: url.to_owned(),
-        bytes: bytes.len() as u64,
-        sha256: sw::sha256_hex(&bytes),
-        source: header("x-accel-source").unwrap_or_else(|| "network".into()),
-    })
+    Ok(Download { bytes: body.await?, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
+}
+
+/// Downloads the manifest at `url` and every shard beside it, verifies them (in
+/// `PackedModel::from_parts`), builds the model and keeps it.
+async fn load_model(url: &str) -> Result<LoadedModelInfo, WorkerError> {
+    let start = now_ms();
+    let manifest_json = download(url).await?.bytes;
+    // Parsed here too, to know which shards to fetch; from_parts parses the same bytes again
+    // (microseconds) and owns the verification.
+    let manifest = sw::Manifest::parse(&manifest_json)?;
+    let mut shards = Vec::with_capacity(manifest.shards.len());
+    let mut shard_bytes = std::collections::HashMap::new();
+    for info in &manifest.shards {
+        let got = download(&shard_url(url, &info.sha256)).await?;
+        shards.push(LoadedShard { sha256: info.sha256.to_string(), bytes: got.bytes.len() as u64, source: got.source, stored: got.not_stored.is_none(), not_stored: got.not_stored });
+        shard_bytes.insert(info.sha256.clone(), SharedBytes::from_vec(got.bytes));
+    }
+    let pack = PackedModel::from_parts(&manifest_json, |info| {
+        shard_bytes.remove(&info.sha256).ok_or_else(|| WorkerError::ModelFormat { source_name: url.to_owned(), format: "packed model", reason: format!("shard {} was not downloaded", info.sha256) })
+    })?;
+    let model = LoadedModel::from_packed(&pack)?;
+    let kind = model.kind();
+    // The shard bytes now live on in the model's tensors; the pack's own references go here.
+    drop(pack);
+    let model_id = MODELS.with(|m| m.borrow_mut().insert(&manifest.name, model));
+    Ok(LoadedModelInfo { model_id, name: manifest.name, architecture: manifest.architecture, kind, total_bytes: manifest.total_bytes, load_ms: now_ms() - start, shards })
+}
+
+/// `fetchFile` answers every failure as a `FetchError` (its contract since the plumbing
+/// checks), with the service worker's name, when it gave one, in the message.
+async fn fetch_file(url: &str) -> Result<FetchedFile, WorkerError> {
+    let got = download(url).await.map_err(|err| match err {
+        WorkerError::ServiceWorker { name, url, message } => WorkerError::Fetch { url, reason: format!("{message} ({name} from the service worker)") },
+        other => other,
+    })?;
+    Ok(FetchedFile { url: url.to_owned(), bytes: got.bytes.len() as u64, sha256: sw::sha256_hex(&got.bytes), source: got.source })
 }

@@ -55,6 +55,16 @@ pub enum WorkerError {
     #[error("cannot access {path}: {reason}")]
     Io { path: String, reason: String },
 
+    /// A download the service worker refused and named (`x-accel-error` header): the error
+    /// keeps the service worker's name (one of `sw::SwError::NAMES`) and message, so
+    /// JS sees e.g. `IntegrityError` whether the worker or the service worker caught it.
+    #[error("{message}")]
+    ServiceWorker { name: &'static str, url: String, message: String },
+
+    /// A request named a model id that is not loaded (never was, or was unloaded).
+    #[error("no model {model_id:?} is loaded in this worker; load it with loadModel (it may have been unloaded)")]
+    ModelNotLoaded { model_id: String },
+
     /// A packed model's manifest or shard failed validation (the `sw` crate owns the format;
     /// its error keeps its own name: ManifestError, ManifestVersionError, IntegrityError).
     #[error(transparent)]
@@ -76,7 +86,63 @@ impl WorkerError {
             WorkerError::Tokenizer { .. } => "TokenizerError",
             WorkerError::ContextOverflow { .. } => "ContextOverflowError",
             WorkerError::Io { .. } => "IoError",
+            WorkerError::ServiceWorker { name, .. } => name,
+            WorkerError::ModelNotLoaded { .. } => "ModelNotLoadedError",
             WorkerError::Package(inner) => inner.name(),
         }
+    }
+}
+
+/// `sw::SwError::NAMES`'s entry for an `x-accel-error` header value, if it is one (a failed
+/// fetch carries only the name as text, and the worker's error name must be `&'static str`).
+pub fn service_worker_error_name(header: &str) -> Option<&'static str> {
+    sw::SwError::NAMES.iter().copied().find(|&name| name == header.trim())
+}
+
+impl WorkerError {
+    /// The error for a fetch of `url` that answered `status` instead of the file. When the
+    /// service worker answered (header `x-accel-error: <Name>`, body `{name, message}`), the
+    /// error takes its name and message; any other failure is a `FetchError` with the status.
+    pub fn from_failed_fetch(url: &str, status: u16, accel_error: Option<&str>, body: &[u8]) -> WorkerError {
+        let fetch_error = |detail: String| WorkerError::Fetch { url: url.to_owned(), reason: format!("HTTP {status}{detail}") };
+        let Some(header) = accel_error else {
+            return fetch_error(String::new());
+        };
+        let Some(name) = service_worker_error_name(header) else {
+            // A name this build does not know (a newer service worker): keep it in the text.
+            return fetch_error(format!(" ({header} from the service worker)"));
+        };
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("the service worker answered {url} with HTTP {status} ({name})"));
+        WorkerError::ServiceWorker { name, url: url.to_owned(), message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_service_worker_failure_keeps_its_name_and_message() {
+        let body = br#"{"name":"IntegrityError","message":"shards/ab.bin failed verification: expected sha256 ab, got cd"}"#;
+        let err = WorkerError::from_failed_fetch("http://x/shards/ab.bin", 502, Some("IntegrityError"), body);
+        assert_eq!(err.name(), "IntegrityError");
+        assert_eq!(err.to_string(), "shards/ab.bin failed verification: expected sha256 ab, got cd");
+        // A body that is not the service worker's JSON still gives the name and a message.
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 404, Some("HttpStatusError"), b"<html>");
+        assert_eq!(err.name(), "HttpStatusError");
+        assert!(err.to_string().contains("404"), "{err}");
+    }
+
+    #[test]
+    fn other_failed_fetches_are_fetch_errors_with_the_status() {
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 404, None, b"not found");
+        assert_eq!(err.name(), "FetchError");
+        assert_eq!(err.to_string(), "cannot fetch http://x/m.json: HTTP 404");
+        let err = WorkerError::from_failed_fetch("http://x/m.json", 500, Some("QuotaFromTheFutureError"), b"{}");
+        assert_eq!(err.name(), "FetchError");
+        assert!(err.to_string().contains("QuotaFromTheFutureError from the service worker"), "{err}");
     }
 }

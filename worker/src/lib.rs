@@ -20,6 +20,7 @@ pub mod pack;
 pub mod eval;
 pub mod protocol;
 pub mod quant;
+pub mod runtime;
 pub mod sampler;
 pub mod stop;
 pub mod tokenizer;

@@ -5,12 +5,17 @@
 //!
 //! ```text
 //! host → worker   {"id": 7, "type": "fetchFile", "url": "/models/x"}
+//!                 {"id": 8, "type": "loadModel", "url": "https://site/models/smollm2-135m/manifest.json"}
+//!                 {"id": 9, "type": "generate", "modelId": "smollm2-135m#1", "prompt": "..", "maxTokens": 12}
+//!                 {"id": 10, "type": "embed", "modelId": "minilm-l6#2", "texts": [".."]}
+//!                 {"id": 11, "type": "unloadModel", "modelId": "smollm2-135m#1"}
 //! worker → host   {"id": 7, "type": "result", "value": {...}}
 //!                 {"id": 7, "type": "error", "error": {"name": "FetchError", "message": "..."}}
 //! ```
 
 use serde::{Deserialize, Serialize};
 
+use crate::generate::StopReason;
 use crate::WorkerError;
 
 /// A request from the host, with the id its reply will carry.
@@ -29,6 +34,40 @@ pub enum Request {
     /// Fetch a file (through the service worker when one controls the page) and report its
     /// size, SHA-256 and where the bytes came from. The plumbing check under every model load.
     FetchFile { url: String },
+    /// Download a packed model (`url`: absolute URL of its `manifest.json`; shards are read
+    /// from `shards/<sha256>.bin` beside it), verify every shard and keep the model loaded.
+    /// Replies [`LoadedModelInfo`].
+    LoadModel { url: String },
+    /// Generate text with a loaded text model. Replies [`GenerateResult`].
+    Generate(GenerateRequest),
+    /// Sentence embeddings from a loaded embedding model. Replies [`Embeddings`].
+    Embed { model_id: String, texts: Vec<String> },
+    /// Free a loaded model. Replies [`UnloadedModel`].
+    UnloadModel { model_id: String },
+}
+
+/// [`Request::Generate`]. Absent options take the native CLI's defaults (`accel generate`):
+/// 128 tokens, temperature 0 (greedy), top-k and top-p off, the sampler's default seed, no
+/// chat template — so the same request gives the same tokens in the browser and natively.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub model_id: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Wrap the prompt in the model's chat template as one user turn, with the default system
+    /// prompt (as `accel generate --chat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<bool>,
 }
 
 /// A reply to request `id`: its result, or a named error.
@@ -97,6 +136,86 @@ pub struct FetchedFile {
     pub source: String,
 }
 
+/// Result of [`Request::LoadModel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedModelInfo {
+    /// What later requests name this model by (unique in this worker).
+    pub model_id: String,
+    /// The manifest's `name`.
+    pub name: String,
+    /// The manifest's `architecture` (`llama`, `bert`).
+    pub architecture: String,
+    pub kind: ModelKind,
+    /// Σ shard bytes.
+    pub total_bytes: u64,
+    /// From the manifest request to a model ready to run.
+    pub load_ms: f64,
+    pub shards: Vec<LoadedShard>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ModelKind {
+    /// Generates text (`generate`).
+    Text,
+    /// Embeds sentences (`embed`).
+    Embedding,
+}
+
+/// How one shard of a loaded model arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedShard {
+    pub sha256: String,
+    pub bytes: u64,
+    /// The response's `x-accel-source`: `"store"` (IndexedDB, via the service worker) or
+    /// `"network"` (also when no service worker answered).
+    pub source: String,
+    /// False when the response carried `x-accel-not-stored`: the service worker served the
+    /// shard but could not keep it (quota, storage failure), so the next load downloads again.
+    pub stored: bool,
+    /// The `x-accel-not-stored` reason, when `stored` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_stored: Option<String>,
+}
+
+/// Result of [`Request::Generate`]: `accel generate --json`'s object, in camelCase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResult {
+    pub prompt_token_ids: Vec<u32>,
+    /// Every sampled id, including a final EOS.
+    pub token_ids: Vec<u32>,
+    /// The generated text (no EOS).
+    pub text: String,
+    /// Why generation ended: `eos`, `stopSequence`, `maxTokens`, `contextFull`, `cancelled`.
+    pub stop_reason: StopReason,
+    pub timings: GenerateTimings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateTimings {
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub time_to_first_token_ms: f64,
+}
+
+/// Result of [`Request::Embed`]: one mean-pooled, L2-normalised vector per text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    pub dim: usize,
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+/// Result of [`Request::UnloadModel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnloadedModel {
+    pub model_id: String,
+}
+
 /// Parses one host message. The id is recovered even from a request we cannot parse, so the
 /// host's pending promise still gets its (error) reply.
 pub fn parse_request(message: &str) -> Result<RequestEnvelope, (Option<u64>, WorkerError)> {
@@ -145,6 +264,40 @@ mod tests {
         assert!(caps.webgpu.available);
         let fetched: FetchedFile = serde_json::from_value(f["fetchedFile"].clone()).unwrap();
         assert_eq!(fetched.sha256.len(), 64);
+    }
+
+    /// Each result example parses as its type and serialises back to exactly the example.
+    fn round_trips<T: serde::de::DeserializeOwned + Serialize>(example: &serde_json::Value) -> T {
+        let parsed: T = serde_json::from_value(example.clone()).unwrap_or_else(|e| panic!("{example}: {e}"));
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), *example);
+        parsed
+    }
+
+    #[test]
+    fn every_fixture_model_result_round_trips() {
+        let f = fixtures();
+        let loaded: LoadedModelInfo = round_trips(&f["loadedModel"]);
+        assert_eq!(loaded.kind, ModelKind::Text);
+        assert_eq!((loaded.shards[0].stored, loaded.shards[1].stored), (true, false));
+        assert!(loaded.shards[1].not_stored.is_some());
+        let generated: GenerateResult = round_trips(&f["generateResult"]);
+        assert_eq!(generated.stop_reason, StopReason::MaxTokens);
+        let embedded: Embeddings = round_trips(&f["embeddings"]);
+        assert_eq!(embedded.embeddings[0].len(), embedded.dim);
+        round_trips::<UnloadedModel>(&f["unloadedModel"]);
+    }
+
+    #[test]
+    fn generate_requests_parse_every_option_and_refuse_unknown_ones() {
+        let envelope = parse_request(r#"{"id": 1, "type": "generate", "modelId": "m#1", "prompt": "hi", "maxTokens": 3, "temperature": 0, "topK": 1, "topP": 1, "seed": 7, "chat": false}"#).unwrap();
+        let Request::Generate(g) = envelope.request else { panic!("{envelope:?}") };
+        assert_eq!((g.max_tokens, g.temperature, g.top_k, g.top_p, g.seed, g.chat), (Some(3), Some(0.0), Some(1), Some(1.0), Some(7), Some(false)));
+        // A misspelt option is refused, not silently ignored (it would change the output).
+        let (id, err) = parse_request(r#"{"id": 2, "type": "generate", "modelId": "m#1", "prompt": "hi", "max_tokens": 3}"#).unwrap_err();
+        assert_eq!((id, err.name()), (Some(2), "ProtocolError"));
+        assert!(err.to_string().contains("max_tokens"), "{err}");
+        let (_, err) = parse_request(r#"{"id": 3, "type": "embed", "modelId": "m#1"}"#).unwrap_err();
+        assert!(err.to_string().contains("texts"), "{err}");
     }
 
     #[test]
