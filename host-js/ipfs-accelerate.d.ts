@@ -14,6 +14,68 @@ export interface IPFSAccelerateConfig {
   serviceWorkerTimeoutMs?: number;
   /** Where bare model names are looked up (default: the site's `/models/`). */
   modelsBaseUrl?: string;
+  /** Shard-cache size limit in MB; the budget is min(this, free quota − reserve). */
+  cacheSizeMB?: number | null;
+}
+
+export interface CachedModel {
+  name: string;
+  manifestUrl: string;
+  totalBytes: number;
+  storedBytes: number;
+  complete: boolean;
+  pinned: boolean;
+  loading: boolean;
+  lastUse: number;
+  shards: string[];
+}
+
+export interface CachedShard {
+  sha256: string;
+  bytes: number;
+  lastUse: number;
+  uses: number;
+  priority: number;
+  models: string[];
+  score: number;
+  pinned: boolean;
+  state: 'complete' | 'partial';
+  received: number;
+  chunks: number;
+}
+
+export interface Eviction {
+  sha256: string;
+  bytes: number;
+  models: string[];
+  at: number;
+  reason: string;
+}
+
+export interface PrefetchProgress {
+  type: 'progress';
+  model: string;
+  shard: string;
+  index: number;
+  count: number;
+  loadedBytes: number;
+  totalBytes: number;
+  source: 'store' | 'network';
+}
+
+export class ModelCache {
+  list(): Promise<{ models: CachedModel[]; shards: CachedShard[]; evictions: Eviction[]; inflation: number }>;
+  evict(model: string): Promise<{ model: string; evicted: string[]; freedBytes: number }>;
+  clear(): Promise<{ freedBytes: number }>;
+  estimate(): Promise<{ usage: number; quota: number; cacheBytes: number; budget: number; configuredBytes: number | null; reserve: number }>;
+  pin(model: string): Promise<{ model: string; pinned: true }>;
+  unpin(model: string): Promise<{ model: string; pinned: false }>;
+  configure(options: { cacheSizeMB?: number | null }): Promise<{ configuredBytes: number | null }>;
+  prefetch(
+    nameOrManifestUrl: string,
+    options?: { onProgress?: (event: PrefetchProgress) => void },
+  ): Promise<{ model: string; totalBytes: number; downloadedBytes: number; stored: boolean; notStored: { sha256: string; reason: string }[] }>;
+  persist(): Promise<{ persisted: boolean; reason?: string }>;
 }
 
 export interface AdapterSummary {
@@ -104,6 +166,8 @@ export class IPFSAccelerate {
   constructor(config?: IPFSAccelerateConfig);
   readonly config: Required<IPFSAccelerateConfig>;
   serviceWorker: { controlled: boolean; scope: string | null };
+  /** The shard cache held by the service worker. */
+  readonly cache: ModelCache;
   ready(): Promise<IPFSAccelerate>;
   getCapabilities(): Promise<Capabilities>;
   fetchFile(url: string): Promise<FetchedFile>;

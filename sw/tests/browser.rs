@@ -31,3 +31,25 @@ async fn model_file_is_served_from_indexeddb_once_stored_even_offline() {
     assert_eq!((again.source, again.blob.bytes.as_slice()), (Source::Store, &b"shard bytes"[..]));
     assert_eq!(net.requests.get(), 1);
 }
+
+#[wasm_bindgen_test]
+async fn indexeddb_records_hold_bytes_and_json_tables() {
+    use sw::store::{RecordStore, Table};
+    let records = sw::idb::IdbRecords;
+    for table in Table::ALL {
+        records.clear(table).await.expect("clear");
+    }
+    let shard: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    records.put_bytes(Table::Shards, "abc", &shard).await.expect("put bytes");
+    assert_eq!(records.get_bytes(Table::Shards, "abc").await.expect("get bytes"), Some(shard));
+    assert_eq!(records.get_bytes(Table::Partials, "abc").await.expect("other table"), None);
+    let meta = serde_json::json!({"sha256": "abc", "bytes": 300000, "models": ["m"], "pinned": false});
+    records.put_json(Table::ShardMeta, "abc", &meta).await.expect("put json");
+    records.put_json(Table::ShardMeta, "abd", &serde_json::json!({"sha256": "abd"})).await.expect("put json");
+    assert_eq!(records.get_json(Table::ShardMeta, "abc").await.expect("get json"), Some(meta.clone()));
+    assert_eq!(records.all_json(Table::ShardMeta).await.expect("all").len(), 2);
+    records.delete(Table::ShardMeta, "abd").await.expect("delete");
+    assert_eq!(records.all_json(Table::ShardMeta).await.expect("all"), vec![meta]);
+    records.clear(Table::Shards).await.expect("clear");
+    assert_eq!(records.get_bytes(Table::Shards, "abc").await.expect("get"), None);
+}

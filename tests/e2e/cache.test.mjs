@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIST, launchBrowser, serveSite, watchErrors } from '../lib/browser.mjs';
+import { DIST, REPO, launchBrowser, serveSite, watchErrors } from '../lib/browser.mjs';
 
 const MIB = 1 << 20;
 // Two small packs (4 MB shards) staged by scripts/build-web.sh; they share the tokenizer shard.
@@ -60,6 +60,29 @@ async function session(t, serverOptions = {}) {
   return { server, browser, page };
 }
 
+test('a loaded model works with the server gone: same tokens, every shard from IndexedDB', { timeout: 300_000 }, async (t) => {
+  const onceUpon = JSON.parse(readFileSync(join(REPO, 'tests', 'fixtures', 'smollm2_once_upon.json'), 'utf8'));
+  const manifest = manifestOf('smollm2-135m');
+  const { server, page } = await session(t);
+  const errors = watchErrors(page);
+  const load = (acc, prompt) => acc.loadModel('smollm2-135m').then(async (model) => ({ info: model.info, out: await model.generate(prompt, { temperature: 0, maxTokens: 8 }) }));
+  const online = ok(await withAcc(page, {}, load, onceUpon.prompt));
+  assert.deepEqual(online.out.tokenIds, onceUpon.greedy_ids.slice(0, 8), 'the reference tokens');
+  assert.ok(online.info.shards.every((s) => s.source === 'network' && s.stored), JSON.stringify(online.info.shards));
+  for (const shard of manifest.shards) assert.equal(shardRequests(server, 'smollm2-135m', shard.sha256).length, 1);
+
+  await page.reload(); // the page itself now comes through the service worker and is stored
+  await page.waitForFunction(() => window.harnessReady === true);
+  assert.deepEqual(errors, []);
+  await server.close();
+  await page.reload();
+  await page.waitForFunction(() => window.harnessReady === true);
+  const offline = ok(await withAcc(page, {}, load, onceUpon.prompt));
+  assert.deepEqual(offline.info.shards.map((s) => s.source), manifest.shards.map(() => 'store'), 'all shards from IndexedDB');
+  assert.deepEqual(offline.out.tokenIds, online.out.tokenIds, 'the same tokens offline');
+  assert.equal(offline.out.text, online.out.text);
+});
+
 test('prefetch stores every shard verified; with the server gone they come from IndexedDB', { timeout: 120_000 }, async (t) => {
   const { server, page } = await session(t);
   const errors = watchErrors(page);
@@ -110,10 +133,10 @@ test('a corrupt shard is never stored: a named IntegrityError, or the bytes from
   const victim = manifest.shards[1].sha256;
   const corrupt = (entry) => (entry.path.endsWith(`${victim}.bin`) ? { corrupt: true } : null);
 
-  // 1. No mirror: the prefetch fails with IntegrityError and nothing of that shard is kept.
+  // 1. No mirror: the load fails with IntegrityError and nothing of that shard is kept.
   {
     const { server, page } = await session(t, { fault: corrupt });
-    const failed = await withAcc(page, {}, (acc, name) => acc.cache.prefetch(name), B);
+    const failed = await withAcc(page, {}, (acc, name) => acc.loadModel(name), B);
     assert.equal(failed.error?.name, 'IntegrityError', JSON.stringify(failed));
     assert.match(failed.error.message, new RegExp(victim));
     assert.equal(shardRequests(server, B, victim).length, 1, 'wrong bytes are not fetched again from the same URL');
@@ -133,8 +156,12 @@ test('a corrupt shard is never stored: a named IntegrityError, or the bytes from
       return Buffer.from(JSON.stringify({ ...JSON.parse(bytes), mirrors: [`${mirror.url}/models/${B}/`] }));
     };
     const { server, page } = await session(t, { fault: corrupt, rewrite: withMirror });
-    const result = ok(await withAcc(page, {}, (acc, name) => acc.cache.prefetch(name), B));
-    assert.equal(result.stored, true);
+    const result = ok(await withAcc(page, {}, async (acc, name) => {
+      const model = await acc.loadModel(name);
+      return { info: model.info, embedded: await model.embed('the mirror had the right bytes') };
+    }, B));
+    assert.ok(result.info.shards.every((s) => s.stored), 'every shard stored, the bad one from the mirror');
+    assert.equal(result.embedded.dim, 384);
     assert.equal(shardRequests(server, B, victim).length, 1);
     assert.deepEqual(mirror.requests.map((r) => r.path), [`/models/${B}/shards/${victim}.bin`], 'only the bad shard comes from the mirror');
     const list = ok(await withAcc(page, {}, (acc) => acc.cache.list()));
@@ -152,8 +179,8 @@ test('a connection dropped half-way through a shard resumes with Range', { timeo
     return { dropAfter: Math.floor(size / 2) };
   };
   const { server, page } = await session(t, { fault: dropOnce });
-  const result = ok(await withAcc(page, {}, (acc, name) => acc.cache.prefetch(name), B));
-  assert.equal(result.stored, true);
+  const info = ok(await withAcc(page, {}, async (acc, name) => (await acc.loadModel(name)).info, B));
+  assert.ok(info.shards.every((s) => s.stored && s.source === 'network'));
   const requests = shardRequests(server, B, big.sha256);
   assert.equal(requests.length, 2, `one broken transfer, one resume: ${JSON.stringify(requests)}`);
   assert.equal(requests[0].range, null);
@@ -220,7 +247,8 @@ test('with a 1.5-model budget, A then B then A evicts in the policy order and ne
   const evictionsSoFar = [];
   for (const manifest of [a, b, a]) {
     const list = ok(await withAcc(page, {}, async (acc, name) => {
-      await acc.cache.prefetch(name);
+      const model = await acc.loadModel(name);
+      await model.unload();
       return acc.cache.list();
     }, manifest.name));
     const held = list.shards.filter((s) => s.state === 'complete').reduce((n, s) => n + s.bytes, 0);
@@ -249,11 +277,19 @@ test('persist() reports what the browser granted', { timeout: 60_000 }, async (t
 test('a budget too small for the model: served from memory, and the answer says it is not stored', { timeout: 120_000 }, async (t) => {
   const manifest = manifestOf(B);
   const { page } = await session(t);
-  const result = ok(await withAcc(page, { cacheSizeMB: 1 }, (acc, name) => acc.cache.prefetch(name), B));
+  const result = ok(await withAcc(page, { cacheSizeMB: 1 }, async (acc, name) => {
+    const model = await acc.loadModel(name);
+    return { info: model.info, embedded: await model.embed(['runs from memory']) };
+  }, B));
+  assert.equal(result.embedded.dim, 384, 'the model runs');
   const big = manifest.shards.filter((s) => s.bytes > MIB);
-  assert.equal(result.stored, false);
-  assert.deepEqual(result.notStored.map((n) => n.sha256).sort(), big.map((s) => s.sha256).sort(), 'every shard over the 1 MB budget is reported');
-  for (const n of result.notStored) assert.match(n.reason, /budget/);
+  const notStored = result.info.shards.filter((s) => !s.stored);
+  assert.deepEqual(notStored.map((s) => s.sha256).sort(), big.map((s) => s.sha256).sort(), 'every shard over the 1 MB budget is reported as not stored');
+  for (const s of notStored) assert.match(s.notStored, /budget/);
+  // prefetch (make offline) says the same.
+  const prefetched = ok(await withAcc(page, {}, (acc, name) => acc.cache.prefetch(name), B));
+  assert.equal(prefetched.stored, false);
+  assert.equal(prefetched.notStored.length, big.length);
   const list = ok(await withAcc(page, {}, (acc) => acc.cache.list()));
   const held = list.shards.filter((s) => s.state === 'complete').reduce((n, s) => n + s.bytes, 0);
   assert.ok(held <= MIB, `${held} bytes stored under a 1 MB budget`);
@@ -294,4 +330,22 @@ test('cache.evict, pin and clear do what they say', { timeout: 120_000 }, async 
   assert.equal(out.unknown, 'CacheRequestError');
   assert.equal(out.cleared.freedBytes, b.total_bytes);
   assert.deepEqual([out.empty.models, out.empty.shards], [[], []]);
+});
+
+test('two tabs loading the same model at once fetch each shard from the network once', { timeout: 180_000 }, async (t) => {
+  const manifest = manifestOf(A);
+  const { server, browser, page } = await session(t);
+  // The first tab installs the service worker; the second opens under its control.
+  ok(await withAcc(page, {}, (acc) => acc.serviceWorker));
+  const second = await browser.context.newPage();
+  await openHarness(second, server.url);
+  const load = (acc, name) => acc.loadModel(name).then(async (m) => ({ info: m.info, embedded: await m.embed('two tabs') }));
+  const [one, two] = await Promise.all([withAcc(page, {}, load, A), withAcc(second, {}, load, A)]);
+  assert.deepEqual(ok(one).embedded, ok(two).embedded, 'both tabs run the model');
+  for (const shard of manifest.shards) {
+    const fetched = shardRequests(server, A, shard.sha256);
+    assert.equal(fetched.length, 1, `shard ${shard.sha256} was fetched ${fetched.length} times`);
+  }
+  const sources = [...one.value.info.shards, ...two.value.info.shards].map((s) => s.source);
+  assert.ok(sources.every((s) => s === 'network' || s === 'store'), sources.join());
 });
