@@ -170,6 +170,8 @@ enum Room {
     Reserved(u64),
     /// The shard will not be stored (the reason), so nothing is written while it downloads.
     MemoryOnly(String),
+    /// No manifest lists the shard's size: room is planned once it has arrived.
+    Undecided,
 }
 
 /// A model being loaded: protected from eviction until all its shards were served or it has
@@ -384,24 +386,24 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
         }
         let room = match expected {
             Some(size) => self.make_room(hash, size).await?,
-            None => Room::MemoryOnly(String::new()), // decided once the size is known
+            None => Room::Undecided,
         };
         let prefix = match room {
             Room::Reserved(_) => self.stored_prefix(hash).await?,
-            Room::MemoryOnly(_) => (Vec::new(), 0),
+            Room::MemoryOnly(_) | Room::Undecided => (Vec::new(), 0),
         };
         let sink = ChunkSink { cache: self, hash, enabled: Cell::new(matches!(room, Room::Reserved(_))), chunks: Cell::new(prefix.1), models: &models, priority };
         let downloaded = download::download(&self.net, &self.platform, hash, expected, &urls, prefix, &sink).await;
         let reserved = match &room {
             Room::Reserved(n) => *n,
-            Room::MemoryOnly(_) => 0,
+            Room::MemoryOnly(_) | Room::Undecided => 0,
         };
         let outcome = match downloaded {
             Ok(done) => {
                 let bytes = done.bytes;
                 let not_stored = match room {
-                    Room::MemoryOnly(reason) if !reason.is_empty() => Some(reason),
-                    _ => self.commit(hash, &bytes, reserved, &models, priority, sink.chunks.get()).await,
+                    Room::MemoryOnly(reason) => Some(reason),
+                    Room::Reserved(_) | Room::Undecided => self.commit(hash, &bytes, reserved, &models, priority, sink.chunks.get()).await,
                 };
                 Ok(ShardAnswer { bytes: Rc::new(bytes), source: Source::Network, not_stored })
             }
@@ -490,6 +492,7 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
             match self.make_room(hash, size).await {
                 Ok(Room::Reserved(_)) => self.reserved.set(self.reserved.get().saturating_sub(size)),
                 Ok(Room::MemoryOnly(reason)) => return Some(reason),
+                Ok(Room::Undecided) => {}
                 Err(err) => return Some(err.to_string()),
             }
         }

@@ -305,3 +305,18 @@ fn the_message_api_lists_evicts_and_clears() {
     assert_eq!(block_on(cache.state()).unwrap().configured_bytes, Some(64 * MIB), "the configured size survives a clear");
     assert_eq!(block_on(cache.configure(Some(-1.0))).unwrap_err().name(), "CacheRequestError");
 }
+
+#[test]
+fn a_shard_no_manifest_lists_is_still_verified_and_stored_by_its_hash() {
+    let cache = cache();
+    let a = TestModel::new(&cache, "a", &[1]);
+    // No register_manifest: the size is unknown until the bytes are in, the hash is the check.
+    let answer = a.get(&cache, 0).unwrap();
+    assert_eq!((answer.source, answer.not_stored.as_deref()), (Source::Network, None));
+    assert_eq!(stored(&cache), vec![a.hash(0).to_string()]);
+    let mut wrong = a.shards[0].1.clone();
+    wrong[0] ^= 1;
+    let other = ContentHash::of(b"something else");
+    cache.net.put("http://h/models/x/shards/other.bin", 200, &wrong);
+    assert_eq!(block_on(cache.shard(&other, "http://h/models/x/shards/other.bin")).unwrap_err().name(), "IntegrityError");
+}
