@@ -38,7 +38,8 @@ rm "$DIST.tmp/pkg/sw_bg.wasm"
 
 cp demo/index.html "$DIST.tmp/index.html"
 mkdir -p "$DIST.tmp/demo" "$DIST.tmp/host-js"
-cp demo/*.js demo/*.css demo/*.svg "$DIST.tmp/demo/"
+cp demo/*.js demo/*.css demo/*.svg demo/*.webmanifest "$DIST.tmp/demo/"
+node scripts/make-icons.mjs "$DIST.tmp/demo"   # PNG app icons for the web app manifest
 cp host-js/*.js host-js/*.d.ts host-js/package.json "$DIST.tmp/host-js/"
 cp worker/js/accel-worker.js sw/js/accel-sw.js "$DIST.tmp/"
 
