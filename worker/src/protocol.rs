@@ -368,6 +368,13 @@ mod tests {
         let embedded: Embeddings = round_trips(&f["embeddings"]);
         assert_eq!(embedded.embeddings[0].len(), embedded.dim);
         round_trips::<UnloadedModel>(&f["unloadedModel"]);
+        // The stream replies' final result is a generate result, here a cancelled one.
+        let stream_result = f["replies"].as_array().unwrap().iter().find(|r| r["id"] == 8 && r["type"] == "result").unwrap();
+        let cancelled: GenerateResult = round_trips(&stream_result["value"]);
+        assert_eq!(cancelled.stop_reason, StopReason::Cancelled);
+        let not_found = WorkerError::StreamNotFound { target: 8 };
+        let reply = reply::<()>(13, Err(not_found));
+        assert_eq!(serde_json::to_value(&reply).unwrap(), *f["replies"].as_array().unwrap().last().unwrap(), "the fixture's message is the worker's");
         let control: StreamControlResult = round_trips(&f["streamControl"]);
         assert_eq!((control.target, control.state), (8, StreamState::Paused));
     }
