@@ -4,6 +4,10 @@ export class AccelerateError extends Error {
   constructor(name: string, message: string);
 }
 export class WorkerCrashedError extends AccelerateError {}
+/** A generation was cancelled (cancel(), an AbortSignal, leaving a for-await loop). `name` is 'AbortError'. */
+export class AbortError extends AccelerateError {
+  constructor(message: string, cause?: unknown);
+}
 export class ServiceWorkerError extends AccelerateError {}
 
 export interface IPFSAccelerateConfig {
@@ -140,6 +144,55 @@ export interface GenerateOptions {
   seed?: number;
   /** Wrap the prompt in the model's chat template (one user turn, default system prompt). */
   chat?: boolean;
+  /** Aborting cancels generation in the worker; the call rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface StreamToken {
+  /** The text this token made visible (may be empty while a character is incomplete). */
+  text: string;
+  tokenId: number;
+  /** 0 for the first generated token. */
+  index: number;
+  /** elapsedMs: since generation started (pauses included); stepMs: computing this token. */
+  timing: { elapsedMs: number; stepMs: number };
+}
+
+export interface StreamMetrics {
+  tokens: number;
+  elapsedMs: number;
+  pausedMs: number;
+  timeToFirstTokenMs: number;
+  /** Pauses left out. */
+  decodeTokensPerS: number;
+}
+
+export type StreamStatus = 'generating' | 'paused' | 'done' | 'cancelled' | 'error';
+
+export interface GenerateStreamOptions extends GenerateOptions {
+  onTokenReceived?: (token: StreamToken) => void;
+  /** Every 8 tokens, and once at the end. */
+  onMetricsUpdate?: (metrics: StreamMetrics) => void;
+  onStatusChange?: (status: StreamStatus) => void;
+}
+
+/**
+ * A streaming generation: an async iterator of tokens. Cancelling (cancel(), the signal,
+ * `break` out of for-await) rejects the pending or next `next()` with an AbortError.
+ */
+export class GenerationStream implements AsyncIterableIterator<StreamToken> {
+  readonly status: StreamStatus;
+  /** The latest metrics event. */
+  readonly metrics: StreamMetrics | null;
+  /** The final result (stopReason 'cancelled' after a cancel); rejects if generation fails. */
+  readonly result: Promise<GenerateResult>;
+  [Symbol.asyncIterator](): GenerationStream;
+  next(): Promise<IteratorResult<StreamToken, undefined>>;
+  return(value?: unknown): Promise<IteratorResult<StreamToken, undefined>>;
+  /** Resolves once the worker has stopped computing (no token events after it). */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  cancel(reason?: unknown): Promise<void>;
 }
 
 export interface GenerateResult {
@@ -158,6 +211,7 @@ export interface Embeddings {
 export class Model {
   readonly info: LoadedModelInfo;
   generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
+  generateStream(prompt: string, options?: GenerateStreamOptions): GenerationStream;
   embed(texts: string | string[]): Promise<Embeddings>;
   unload(): Promise<void>;
 }

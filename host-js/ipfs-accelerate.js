@@ -2,10 +2,10 @@
 // the engine's dedicated worker (Rust wasm); no model logic runs on this thread. The service
 // worker (Rust wasm) is registered first so that the worker's downloads are cached in IndexedDB
 // and the app keeps working offline.
-import { AccelerateError, ServiceWorkerError, WorkerChannel, requests } from './protocol.js';
+import { AbortError, AccelerateError, ServiceWorkerError, WorkerChannel, requests } from './protocol.js';
 import { ModelCache } from './cache.js';
 
-export { AccelerateError, ServiceWorkerError, WorkerCrashedError } from './protocol.js';
+export { AbortError, AccelerateError, ServiceWorkerError, WorkerCrashedError } from './protocol.js';
 
 const DEFAULTS = {
   /** URL of the service-worker script, or `false` to run without one (no caching, no offline). */
@@ -82,7 +82,13 @@ export class IPFSAccelerate {
    */
   async loadModel(nameOrManifestUrl, options = {}) {
     const info = await this.#request(requests.loadModel(this.manifestUrl(nameOrManifestUrl)));
-    return new Model((body) => this.#request(body), info);
+    return new Model({
+      request: (body) => this.#request(body),
+      send: async (body, onEvent) => {
+        await this.ready();
+        return this._channel.send(body, onEvent);
+      },
+    }, info);
   }
 
   /** The absolute manifest URL `loadModel` fetches for a model name or URL. */
@@ -115,35 +121,256 @@ function ensureTrailingSlash(url) {
  * shards: [{sha256, bytes, source, stored, notStored?}]}`.
  */
 export class Model {
-  #send;
+  #transport;
   #unloaded = false;
 
-  constructor(send, info) {
-    this.#send = send;
+  /**
+   * `transport`: `{request(body) -> Promise<value>, send(body, onEvent) -> {id, result}` (or
+   * a promise of it)} — a WorkerChannel's shape, or just a `request` function (no streaming, no
+   * cancelling).
+   */
+  constructor(transport, info) {
+    this.#transport = typeof transport === 'function' ? { request: transport } : transport;
     this.info = info;
   }
 
   /**
    * Generates a completion of `prompt` (a text model). Options: maxTokens (128), temperature
    * (0 = greedy, the default), topK, topP, seed, chat (wrap the prompt in the model's chat
-   * template). Resolves `{text, tokenIds, promptTokenIds, stopReason, timings:
+   * template), signal (an AbortSignal: aborting cancels generation in the worker and rejects
+   * with an AbortError). Resolves `{text, tokenIds, promptTokenIds, stopReason, timings:
    * {prefillTokensPerS, decodeTokensPerS, timeToFirstTokenMs}}` — the same tokens as
    * `accel generate --json` natively.
    */
   async generate(prompt, options = {}) {
-    return this.#send(requests.generate(this.info.modelId, prompt, options));
+    const body = requests.generate(this.info.modelId, prompt, options);
+    const signal = options?.signal;
+    if (!signal) return this.#transport.request(body);
+    if (signal.aborted) throw abortError(signal.reason);
+    if (!this.#transport.send) throw new AccelerateError('InvalidParameterError', 'this Model cannot cancel requests (it was built with a request function only)');
+    const { id, result } = await this.#transport.send(body);
+    let onAbort;
+    const aborted = new Promise((_, reject) => {
+      onAbort = () => {
+        this.#transport.request(requests.cancel(id, signal.reason)).catch(() => {});
+        reject(abortError(signal.reason));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      if (signal.aborted) onAbort(); // aborted while the request was being sent
+    });
+    try {
+      return await Promise.race([result, aborted]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Generates like `generate`, a token at a time: returns (at once) a `GenerationStream`, an
+   * async iterator of `{text, tokenId, index, timing: {elapsedMs, stepMs}}` with `pause()`,
+   * `resume()`, `cancel(reason)` and `result` (the final `generate` result). Besides
+   * generate's options it reads `signal` (AbortSignal), `onTokenReceived(token)`,
+   * `onMetricsUpdate(metrics)` and `onStatusChange(status)`.
+   */
+  generateStream(prompt, options = {}) {
+    if (!this.#transport.send) throw new AccelerateError('InvalidParameterError', 'this Model cannot stream (it was built with a request function only)');
+    return new GenerationStream(this.#transport, this.info.modelId, prompt, options);
   }
 
   /** Sentence embeddings (an embedding model): a string or an array → `{dim, embeddings}`. */
   async embed(texts) {
-    return this.#send(requests.embed(this.info.modelId, typeof texts === 'string' ? [texts] : Array.from(texts)));
+    return this.#transport.request(requests.embed(this.info.modelId, typeof texts === 'string' ? [texts] : Array.from(texts)));
   }
 
   /** Frees the model in the worker. Later calls on it reject with ModelNotLoadedError. */
   async unload() {
     if (this.#unloaded) return;
     this.#unloaded = true;
-    await this.#send(requests.unloadModel(this.info.modelId));
+    await this.#transport.request(requests.unloadModel(this.info.modelId));
+  }
+}
+
+function abortError(reason) {
+  const detail = reason === undefined ? '' : `: ${reason instanceof Error || reason?.message ? reason.message : String(reason)}`;
+  return new AbortError(`generation was cancelled${detail}`, reason);
+}
+
+/** Calls a user callback; one that throws is reported, never breaks the stream. */
+function notify(callback, value) {
+  if (typeof callback !== 'function') return;
+  try {
+    callback(value);
+  } catch (err) {
+    (globalThis.reportError ?? console.error)(err);
+  }
+}
+
+/**
+ * One streaming generation (from `model.generateStream`). Iterate it with `for await`; tokens
+ * that arrive before they are asked for are buffered. `status` is 'generating' | 'paused' |
+ * 'done' | 'cancelled' | 'error'. Cancelling (`cancel()`, the AbortSignal, or `break` out of
+ * a for-await loop) ends the iteration at once: the pending or next `next()` rejects with an
+ * AbortError (no more tokens are delivered), and the worker stops after its current step.
+ */
+export class GenerationStream {
+  #transport;
+  #callbacks;
+  /** Promise<{id, result}> once sent; null when aborted before it was sent. */
+  #sent = null;
+  #queue = [];
+  #waiters = [];
+  /** null while running; then {done: true} or {error, abort?}. */
+  #ending = null;
+  #endingDelivered = false;
+  #result;
+  status = 'generating';
+  /** The latest metrics event: {tokens, elapsedMs, pausedMs, timeToFirstTokenMs, decodeTokensPerS}. */
+  metrics = null;
+
+  constructor(transport, modelId, prompt, options = {}) {
+    this.#transport = transport;
+    const { signal, onTokenReceived, onMetricsUpdate, onStatusChange } = options ?? {};
+    this.#callbacks = { onTokenReceived, onMetricsUpdate, onStatusChange };
+    notify(onStatusChange, 'generating');
+    let body;
+    try {
+      body = requests.generateStream(modelId, prompt, options);
+      if (signal?.aborted) throw abortError(signal.reason);
+    } catch (err) {
+      this.#end(err.name === 'AbortError' ? 'cancelled' : 'error', { error: err, abort: err.name === 'AbortError' });
+      this.#result = Promise.reject(err);
+      this.#result.catch(() => {});
+      return;
+    }
+    this.#sent = Promise.resolve(transport.send(body, (event) => this.#onEvent(event)));
+    this.#result = this.#sent.then(({ result }) => result).then(
+      (value) => this.#onResult(value),
+      (err) => this.#onError(err),
+    );
+    this.#result.catch(() => {}); // observed through `result`; not an unhandled rejection here
+    if (signal) {
+      const onAbort = () => { this.cancel(signal.reason).catch(() => {}); };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#result.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
+    }
+  }
+
+  /**
+   * The final result, as `generate` resolves it (stopReason 'cancelled' after a cancel, with
+   * the tokens made until then); rejects with the error when generation fails.
+   */
+  get result() {
+    return this.#result;
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  next() {
+    if (this.#ending?.abort) return this.#deliverEnding();
+    if (this.#queue.length) return Promise.resolve({ value: this.#queue.shift(), done: false });
+    if (this.#ending) return this.#deliverEnding();
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /** Leaving a for-await loop early cancels the generation. */
+  async return(value) {
+    if (!this.#ending) this.cancel('the iteration was stopped');
+    this.#endingDelivered = true;
+    return { value, done: true };
+  }
+
+  /** Stops the worker computing after its current step; resolves once it has. */
+  async pause() {
+    await this.#control(requests.pause, 'generating', 'paused');
+  }
+
+  /** Continues a paused generation. */
+  async resume() {
+    await this.#control(requests.resume, 'paused', 'generating');
+  }
+
+  /**
+   * Ends the generation: the iteration ends at once (the pending or next `next()` rejects
+   * with an AbortError) and the worker stops after its current step. Resolves once the worker
+   * has acknowledged. No effect once the generation has ended.
+   */
+  async cancel(reason) {
+    if (this.#ending) return;
+    this.#end('cancelled', { error: abortError(reason), abort: true });
+    if (!this.#sent) return;
+    try {
+      const { id } = await this.#sent;
+      await this.#transport.request(requests.cancel(id, reason));
+    } catch (err) {
+      if (err.name !== 'StreamNotFoundError' && err.name !== 'WorkerCrashedError') throw err;
+    }
+  }
+
+  async #control(build, from, to) {
+    if (this.#ending || !this.#sent) return;
+    const { id } = await this.#sent;
+    try {
+      const { state } = await this.#transport.request(build(id));
+      if (!this.#ending && this.status === from && state === to) this.#setStatus(to);
+    } catch (err) {
+      // It ended meanwhile: nothing to pause or resume.
+      if (err.name !== 'StreamNotFoundError') throw err;
+    }
+  }
+
+  #setStatus(status) {
+    if (this.status === status) return;
+    this.status = status;
+    notify(this.#callbacks.onStatusChange, status);
+  }
+
+  #onEvent(event) {
+    if (this.#ending) return; // cancelled: nothing more is delivered
+    if (event.type === 'token') {
+      notify(this.#callbacks.onTokenReceived, event.value);
+      const waiter = this.#waiters.shift();
+      if (waiter) waiter.resolve({ value: event.value, done: false });
+      else this.#queue.push(event.value);
+    } else if (event.type === 'metrics') {
+      this.metrics = event.value;
+      notify(this.#callbacks.onMetricsUpdate, event.value);
+    }
+  }
+
+  #onResult(value) {
+    if (!this.#ending) {
+      if (value.stopReason === 'cancelled') this.#end('cancelled', { error: abortError('cancelled in the worker'), abort: true });
+      else this.#end('done', { done: true });
+    }
+    return value;
+  }
+
+  #onError(err) {
+    if (!this.#ending) this.#end('error', { error: err });
+    throw err;
+  }
+
+  /** Records how the stream ends and settles the `next()` calls waiting. */
+  #end(status, ending) {
+    this.#ending = ending;
+    if (ending.abort) this.#queue.length = 0;
+    this.#setStatus(status);
+    // Waiters exist only while the queue is empty.
+    for (const waiter of this.#waiters.splice(0)) {
+      const next = this.#deliverEnding();
+      next.then(waiter.resolve, waiter.reject);
+    }
+  }
+
+  /** The end, once: the error (or done) to the first caller, done to any later one. */
+  #deliverEnding() {
+    if (this.#ending.error && !this.#endingDelivered) {
+      this.#endingDelivered = true;
+      return Promise.reject(this.#ending.error);
+    }
+    return Promise.resolve({ value: undefined, done: true });
   }
 }
 

@@ -7,7 +7,14 @@
 //                     topP?, seed?, chat?}
 //                  | {id, type: 'embed', modelId, texts}
 //                  | {id, type: 'unloadModel', modelId}
+//                  | {id, type: 'generateStream', ...as generate}
+//                  | {id, type: 'pause' | 'resume', target} | {id, type: 'cancel', target, reason?}
 //   worker -> host   {id, type: 'result', value} | {id, type: 'error', error: {name, message}}
+//                  | {id, type: 'token', value: {text, tokenId, index, timing: {elapsedMs, stepMs}}}
+//                  | {id, type: 'metrics', value: {tokens, elapsedMs, pausedMs, timeToFirstTokenMs,
+//                     decodeTokensPerS}}
+//   Every request gets one final reply (result or error); a generateStream's token and metrics
+//   events come before it, with the same id.
 
 /** Base class of every error this library rejects with; `name` says which failure it is. */
 export class AccelerateError extends Error {
@@ -31,6 +38,14 @@ export class ServiceWorkerError extends AccelerateError {
   }
 }
 
+/** A generation was cancelled (`cancel()`, an AbortSignal, or leaving a for-await loop). */
+export class AbortError extends AccelerateError {
+  constructor(message, cause) {
+    super('AbortError', message);
+    if (cause !== undefined) this.cause = cause;
+  }
+}
+
 /** Rebuilds a named error from a worker reply's `{name, message}`. */
 export function errorFromPayload({ name, message }) {
   return new AccelerateError(name || 'AccelerateError', message || 'unknown error from the engine worker');
@@ -45,7 +60,22 @@ export const requests = {
   generate: (modelId, prompt, options = {}) => ({ type: 'generate', modelId, prompt, ...generateOptions(options) }),
   embed: (modelId, texts) => ({ type: 'embed', modelId, texts }),
   unloadModel: (modelId) => ({ type: 'unloadModel', modelId }),
+  /** As generate, with a `token` event per generated token before the result. */
+  generateStream: (modelId, prompt, options = {}) => ({ type: 'generateStream', modelId, prompt, ...generateOptions(options) }),
+  /** Control a running generate / generateStream by its request id. */
+  pause: (target) => ({ type: 'pause', target }),
+  resume: (target) => ({ type: 'resume', target }),
+  cancel: (target, reason) => (reason === undefined || reason === null ? { type: 'cancel', target } : { type: 'cancel', target, reason: reasonText(reason) }),
 };
+
+function reasonText(reason) {
+  if (typeof reason === 'string') return reason;
+  if (reason instanceof Error || (reason && typeof reason.message === 'string')) return `${reason.name ?? 'Error'}: ${reason.message}`;
+  return String(reason);
+}
+
+/** Options read on this side, never sent: the AbortSignal (callbacks are functions, also kept). */
+const HOST_OPTIONS = ['signal'];
 
 /** The generate options the worker reads (worker/src/protocol.rs `GenerateRequest`). */
 export const GENERATE_OPTIONS = ['maxTokens', 'temperature', 'topK', 'topP', 'seed', 'chat'];
@@ -53,13 +83,13 @@ export const GENERATE_OPTIONS = ['maxTokens', 'temperature', 'topK', 'topP', 'se
 /**
  * The generate options that are set. An option this version does not implement is refused
  * here by name (InvalidParameterError) rather than silently ignored, since it would change the
- * output; functions (callbacks such as onTokenReceived) are left out, as they cannot cross
- * postMessage and nothing streams yet.
+ * output; functions (callbacks such as onTokenReceived) and `signal` are left out: they are
+ * used on this side (generateStream), and cannot cross postMessage.
  */
 function generateOptions(options) {
   const picked = {};
   for (const [name, value] of Object.entries(options ?? {})) {
-    if (value === undefined || typeof value === 'function') continue;
+    if (value === undefined || typeof value === 'function' || HOST_OPTIONS.includes(name)) continue;
     if (!GENERATE_OPTIONS.includes(name)) {
       throw new AccelerateError('InvalidParameterError', `generate option ${JSON.stringify(name)} is not supported by this version; supported: ${GENERATE_OPTIONS.join(', ')}`);
     }
@@ -68,9 +98,13 @@ function generateOptions(options) {
   return picked;
 }
 
+/** Reply types that are progress events: the request's final reply is still to come. */
+const EVENT_TYPES = ['token', 'metrics'];
+
 /**
  * Sends requests to a Worker (anything with postMessage/addEventListener) and resolves each
- * with the reply carrying its id. A crashed worker rejects everything pending.
+ * with the final reply carrying its id; progress events with that id (token, metrics) go to
+ * the request's `onEvent`. A crashed worker rejects everything pending.
  */
 export class WorkerChannel {
   constructor(worker) {
@@ -87,17 +121,30 @@ export class WorkerChannel {
   }
 
   request(body) {
-    if (this.crashed) return Promise.reject(this.crashed);
+    return this.send(body).result;
+  }
+
+  /**
+   * Sends `body` and returns `{id, result}` at once: the id (what pause / resume / cancel
+   * target) and the promise of the final reply. `onEvent(reply)` gets each progress event.
+   */
+  send(body, onEvent) {
+    if (this.crashed) return { id: null, result: Promise.reject(this.crashed) };
     const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+    const result = new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onEvent });
       this.worker.postMessage({ id, ...body });
     });
+    return { id, result };
   }
 
   #onReply(reply) {
     const waiter = this.pending.get(reply?.id);
     if (!waiter) return; // a reply for a request nobody waits for (e.g. id 0: unparseable request)
+    if (EVENT_TYPES.includes(reply.type)) {
+      waiter.onEvent?.(reply);
+      return;
+    }
     this.pending.delete(reply.id);
     if (reply.type === 'result') waiter.resolve(reply.value);
     else if (reply.type === 'error') waiter.reject(errorFromPayload(reply.error ?? {}));

@@ -3,9 +3,16 @@
 // Every host message is handed to the engine as JSON and its JSON reply posted back; the
 // protocol is defined in worker/src/protocol.rs and mirrored by host-js/protocol.js. Messages
 // that arrive while the wasm is still loading simply wait for it.
-import init, { handle_message } from './pkg/worker.js';
+//
+// Messages are handled concurrently: each one is its own call into the engine, and a
+// generation gives way to the event loop between steps, so `pause` / `resume` / `cancel` (and
+// any other request) are answered while it runs. A generateStream's progress events (`token`,
+// `metrics`) are posted as they happen, through `emit`, before its final reply.
+import init, { handle_message_with_events } from './pkg/worker.js';
 
 const ready = init({ module_or_path: new URL('./pkg/worker_bg.wasm', import.meta.url) });
+
+const emit = (json) => self.postMessage(JSON.parse(json));
 
 self.onmessage = async ({ data }) => {
   try {
@@ -18,5 +25,13 @@ self.onmessage = async ({ data }) => {
     });
     return;
   }
-  self.postMessage(JSON.parse(await handle_message(JSON.stringify(data))));
+  let reply;
+  try {
+    reply = JSON.parse(await handle_message_with_events(JSON.stringify(data), emit));
+  } catch (err) {
+    // The engine answers every failure as a reply; reaching here is a bug (a panic), but the
+    // request still gets a named error rather than hanging.
+    reply = { id: data?.id ?? 0, type: 'error', error: { name: 'EnginePanicError', message: `the engine failed unexpectedly: ${err}` } };
+  }
+  self.postMessage(reply);
 };

@@ -6,10 +6,17 @@
 //!
 //! Loaded models live in a thread-local [`LoadedModels`] (the worker has one thread). A load
 //! awaits its downloads without holding it, so other requests are answered meanwhile; the
-//! model is added only once every shard is verified and the model built. `generate` and
-//! `embed` run synchronously to the end, so they never hold it across an `await` either.
+//! model is added only once every shard is verified and the model built. `embed` runs
+//! synchronously to the end. `generate` and `generateStream` run step by step
+//! ([`run_generation`]) on their own reference to the model, yielding to the event loop between
+//! steps (a `MessageChannel` round trip: no timer clamping), so the worker keeps answering —
+//! `pause` / `resume` / `cancel` above all. A paused generation awaits a promise that `resume`
+//! or `cancel` resolves: it computes nothing meanwhile.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::rc::Rc;
 
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -18,18 +25,28 @@ use web_sys::{Response, WorkerGlobalScope};
 
 use crate::clock::now_ms;
 use crate::models::packed_source::PackedModel;
-use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, LoadedModelInfo, LoadedShard, Reply, Request, WebGpuReport};
-use crate::runtime::{shard_url, LoadedModel, LoadedModels};
+use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, GenerateRequest, GenerateResult, LoadedModelInfo, LoadedShard, Reply, Request, StreamControlResult, StreamMetrics, StreamState, StreamToken, WebGpuReport};
+use crate::runtime::{run_generation, shard_url, GenerationHooks, LoadedModel, LoadedModels};
 use crate::tensor::SharedBytes;
 use crate::WorkerError;
 
 thread_local! {
     static MODELS: RefCell<LoadedModels> = RefCell::new(LoadedModels::default());
+    /// The generations running now, by request id: what `pause` / `resume` / `cancel` reach.
+    static RUNNING: RefCell<HashMap<u64, Rc<Control>>> = RefCell::new(HashMap::new());
 }
 
-/// Handles one host message (JSON) and returns the reply (JSON).
+/// Handles one host message (JSON) and returns the final reply (JSON). Progress events of a
+/// `generateStream` are dropped; use [`handle_message_with_events`] to receive them.
 #[wasm_bindgen]
 pub async fn handle_message(message: String) -> String {
+    handle_message_with_events(message, None).await
+}
+
+/// Handles one host message (JSON) and returns the final reply (JSON); `emit` is called with
+/// each progress event (a JSON reply: `token`, `metrics`) before it.
+#[wasm_bindgen]
+pub async fn handle_message_with_events(message: String, emit: Option<Function>) -> String {
     let reply = match protocol::parse_request(&message) {
         Ok(envelope) => {
             let id = envelope.id;
@@ -37,7 +54,11 @@ pub async fn handle_message(message: String) -> String {
                 Request::Capabilities => protocol::reply(id, Ok(capabilities().await)),
                 Request::FetchFile { url } => protocol::reply(id, fetch_file(&url).await),
                 Request::LoadModel { url } => protocol::reply(id, load_model(&url).await),
-                Request::Generate(request) => protocol::reply(id, MODELS.with(|m| m.borrow().generate(&request))),
+                Request::Generate(request) => protocol::reply(id, generate(id, &request, None).await),
+                Request::GenerateStream(request) => protocol::reply(id, generate(id, &request, emit).await),
+                Request::Pause { target } => protocol::reply(id, control(target, Command::Pause)),
+                Request::Resume { target } => protocol::reply(id, control(target, Command::Resume)),
+                Request::Cancel { target, reason: _ } => protocol::reply(id, control(target, Command::Cancel)),
                 Request::Embed { model_id, texts } => protocol::reply(id, MODELS.with(|m| m.borrow().embed(&model_id, &texts))),
                 Request::UnloadModel { model_id } => protocol::reply(id, MODELS.with(|m| m.borrow_mut().unload(&model_id))),
             }
@@ -48,6 +69,124 @@ pub async fn handle_message(message: String) -> String {
     serde_json::to_string(&reply).unwrap_or_else(|e| {
         format!(r#"{{"id":0,"type":"error","error":{{"name":"ProtocolError","message":"cannot encode reply: {e}"}}}}"#)
     })
+}
+
+/// What `pause` / `resume` / `cancel` set for one running generation.
+#[derive(Default)]
+struct Control {
+    paused: Cell<bool>,
+    cancelled: Cell<bool>,
+    /// Resolves the promise a paused generation awaits (set while it waits).
+    wake: RefCell<Option<Function>>,
+}
+
+impl Control {
+    fn wake(&self) {
+        if let Some(resolve) = self.wake.borrow_mut().take() {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    }
+}
+
+enum Command {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+fn control(target: u64, command: Command) -> Result<StreamControlResult, WorkerError> {
+    let control = RUNNING.with(|r| r.borrow().get(&target).cloned()).ok_or(WorkerError::StreamNotFound { target })?;
+    match command {
+        Command::Pause => control.paused.set(true),
+        Command::Resume => {
+            control.paused.set(false);
+            control.wake();
+        }
+        Command::Cancel => {
+            control.cancelled.set(true);
+            control.wake();
+        }
+    }
+    let state = if control.cancelled.get() {
+        StreamState::Cancelled
+    } else if control.paused.get() {
+        StreamState::Paused
+    } else {
+        StreamState::Generating
+    };
+    Ok(StreamControlResult { target, state })
+}
+
+/// Runs a generation registered under its request id (so it can be paused and cancelled),
+/// sending `token` / `metrics` events through `emit` when given.
+async fn generate(id: u64, request: &GenerateRequest, emit: Option<Function>) -> Result<GenerateResult, WorkerError> {
+    let prepared = MODELS.with(|m| m.borrow().prepare_generation(request))?;
+    let control = Rc::new(Control::default());
+    RUNNING.with(|r| r.borrow_mut().insert(id, control.clone()));
+    let mut hooks = WorkerHooks { id, emit, control };
+    let outcome = run_generation(&prepared, &mut hooks).await;
+    RUNNING.with(|r| r.borrow_mut().remove(&id));
+    outcome
+}
+
+struct WorkerHooks {
+    id: u64,
+    emit: Option<Function>,
+    control: Rc<Control>,
+}
+
+impl WorkerHooks {
+    fn send(&self, reply: Reply) {
+        let Some(emit) = &self.emit else { return };
+        if let Ok(json) = serde_json::to_string(&reply) {
+            let _ = emit.call1(&JsValue::NULL, &JsValue::from_str(&json));
+        }
+    }
+}
+
+impl GenerationHooks for WorkerHooks {
+    fn on_token(&mut self, token: &StreamToken) {
+        self.send(Reply::Token { id: self.id, value: token.clone() });
+    }
+
+    fn on_metrics(&mut self, metrics: &StreamMetrics) {
+        self.send(Reply::Metrics { id: self.id, value: metrics.clone() });
+    }
+
+    async fn between_steps(&mut self) -> ControlFlow<(), f64> {
+        yield_to_event_loop().await;
+        let mut paused_ms = 0.0;
+        while self.control.paused.get() && !self.control.cancelled.get() {
+            let since = now_ms();
+            let control = self.control.clone();
+            let resumed = Promise::new(&mut |resolve, _reject| {
+                *control.wake.borrow_mut() = Some(resolve);
+            });
+            let _ = JsFuture::from(resumed).await;
+            paused_ms += now_ms() - since;
+        }
+        if self.control.cancelled.get() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(paused_ms)
+        }
+    }
+}
+
+/// Lets every queued task run (host messages above all) before continuing: resolves from a
+/// `MessageChannel` message, a fresh task that, unlike `setTimeout(0)`, is never clamped to 4 ms.
+async fn yield_to_event_loop() {
+    // The channel is held here until its message arrived, so it cannot be collected before.
+    let Ok(channel) = web_sys::MessageChannel::new() else { return };
+    let promise = Promise::new(&mut |resolve, _reject| {
+        channel.port1().set_onmessage(Some(&resolve));
+        if channel.port2().post_message(&JsValue::NULL).is_err() {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = JsFuture::from(promise).await;
+    channel.port1().set_onmessage(None);
+    channel.port1().close();
 }
 
 fn get(target: &JsValue, key: &str) -> JsValue {

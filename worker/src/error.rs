@@ -65,6 +65,11 @@ pub enum WorkerError {
     #[error("no model {model_id:?} is loaded in this worker; load it with loadModel (it may have been unloaded)")]
     ModelNotLoaded { model_id: String },
 
+    /// A `pause` / `resume` / `cancel` named a generation that is not running (it finished,
+    /// failed or was cancelled, or the id is not a generation's).
+    #[error("no generation with request id {target} is running in this worker (it may have finished already)")]
+    StreamNotFound { target: u64 },
+
     /// A packed model's manifest or shard failed validation (the `sw` crate owns the format;
     /// its error keeps its own name: ManifestError, ManifestVersionError, IntegrityError).
     #[error(transparent)]
@@ -88,6 +93,7 @@ impl WorkerError {
             WorkerError::Io { .. } => "IoError",
             WorkerError::ServiceWorker { name, .. } => name,
             WorkerError::ModelNotLoaded { .. } => "ModelNotLoadedError",
+            WorkerError::StreamNotFound { .. } => "StreamNotFoundError",
             WorkerError::Package(inner) => inner.name(),
         }
     }

@@ -1,9 +1,11 @@
 //! Text generation: chunked prefill, then one token at a time through the sampler, with
 //! streaming text, stop sequences, EOS and the timings users compare runtimes by.
 //!
-//! The loop is a plain function over a model, a tokenizer and one sequence's state, with a
-//! callback per token. The callback returning `ControlFlow::Break` ends generation early
-//! (cancel); the KV cache keeps everything computed so far, so a caller can resume.
+//! [`Generator`] does the work one step at a time (a prefill chunk, or one forward pass and
+//! sample), so the browser worker can yield to its event loop between steps (pause, resume,
+//! cancel). [`generate`] is the plain loop over it, with a callback per token; the callback
+//! returning `ControlFlow::Break` ends generation early (cancel); the KV cache keeps
+//! everything computed so far, so a caller can resume.
 
 use std::ops::ControlFlow;
 
@@ -13,7 +15,7 @@ use crate::clock::now_ms;
 use crate::models::llama::{Llama, LlamaState};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{TokenStreamDecoder, Tokenizer};
 use crate::WorkerError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub struct TokenEvent<'a> {
 }
 
 /// Runs the prompt after what `state` already holds and generates up to `params.max_tokens`.
+///
+/// A loop over [`Generator::step`]; the callback sees every token and may stop generation.
 pub fn generate(
     model: &Llama,
     tokenizer: &Tokenizer,
@@ -86,89 +90,223 @@ pub fn generate(
     params: &GenerateParams,
     mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> Result<Generation, WorkerError> {
-    if prompt_ids.is_empty() {
-        return Err(WorkerError::Tokenizer { reason: "the prompt encodes to no tokens; give it some text".into() });
-    }
-    if !state.fits(prompt_ids.len()) {
-        return Err(WorkerError::ContextOverflow { tokens: state.len() + prompt_ids.len(), context: state.context() });
-    }
-    let mut sampler = Sampler::new(params.sampler.clone())?;
-    let mut stops = StopMatcher::new(params.stop_sequences.clone());
-    let mut decoder = tokenizer.stream_decoder(true);
-    let chunk = params.prefill_chunk.max(1);
-
-    let start = now_ms();
-    let mut logits = Vec::new();
-    for piece in prompt_ids.chunks(chunk) {
-        logits = model.forward(state, piece, false)?;
-    }
-    let prefill_ms = now_ms() - start;
-
-    let mut history: Vec<u32> = prompt_ids.to_vec();
-    let (mut token_ids, mut text) = (Vec::new(), String::new());
-    let mut first_token_ms = 0.0;
-    let mut decode_start = now_ms();
-    let mut stop_reason = StopReason::MaxTokens;
-    while token_ids.len() < params.max_tokens {
-        let next = sampler.sample(&logits, &history);
-        token_ids.push(next);
-        history.push(next);
-        if token_ids.len() == 1 {
-            first_token_ms = now_ms() - start;
-            decode_start = now_ms();
+    let mut generator = Generator::new(model, tokenizer, state, prompt_ids, params)?;
+    loop {
+        match generator.step()? {
+            Step::Prefilled { .. } => {}
+            Step::Token(token) => {
+                if on_token(&token.event()).is_break() {
+                    // After a stop sequence generation has already ended; cancel changes nothing.
+                    generator.cancel();
+                }
+            }
+            Step::Done => break,
         }
-        if tokenizer.eos_ids.contains(&next) {
-            stop_reason = StopReason::Eos;
-            break;
+    }
+    generator.finish()
+}
+
+/// One unit of work done by [`Generator::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A chunk of the prompt went through the model (`done` of `total` prompt tokens).
+    Prefilled { done: usize, total: usize },
+    /// A token was sampled (not sent for an end-of-sequence token, which only ends generation).
+    Token(GeneratedToken),
+    /// Generation has ended; [`Generator::finish`] gives the result.
+    Done,
+}
+
+/// [`TokenEvent`], owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    pub token_id: u32,
+    pub text: String,
+    pub index: usize,
+    /// Since the generator was created (wall clock: time between steps counts).
+    pub elapsed_ms: f64,
+    /// Spent in the step that made this token (forward pass + sampling).
+    pub step_ms: f64,
+}
+
+impl GeneratedToken {
+    pub fn event(&self) -> TokenEvent<'_> {
+        TokenEvent { token_id: self.token_id, text: &self.text, index: self.index, elapsed_ms: self.elapsed_ms }
+    }
+}
+
+/// Generation one step at a time: each [`Generator::step`] runs one prefill chunk or one decode
+/// step (forward pass + sample), so a caller can do other work between steps — the browser
+/// worker yields to its event loop there, to answer pause / resume / cancel. [`generate`] is the
+/// plain loop over it; both give the same tokens.
+pub struct Generator<'a> {
+    model: &'a Llama,
+    tokenizer: &'a Tokenizer,
+    state: &'a mut LlamaState,
+    prompt_ids: &'a [u32],
+    params: &'a GenerateParams,
+    sampler: Sampler,
+    stops: StopMatcher,
+    decoder: TokenStreamDecoder,
+    /// Prompt tokens through the model so far.
+    prefilled: usize,
+    logits: Vec<f32>,
+    history: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: String,
+    /// The last token, still to go through the model before the next sample.
+    pending: Option<u32>,
+    stop_reason: Option<StopReason>,
+    start: f64,
+    prefill_ms: f64,
+    first_token_ms: f64,
+    decode_start: f64,
+    /// Time between steps the caller asked to leave out of the rates (pauses).
+    excluded_ms: f64,
+}
+
+impl<'a> Generator<'a> {
+    /// Checks the prompt against the state; computes nothing yet.
+    pub fn new(model: &'a Llama, tokenizer: &'a Tokenizer, state: &'a mut LlamaState, prompt_ids: &'a [u32], params: &'a GenerateParams) -> Result<Self, WorkerError> {
+        if prompt_ids.is_empty() {
+            return Err(WorkerError::Tokenizer { reason: "the prompt encodes to no tokens; give it some text".into() });
         }
-        let piece = decoder.push(tokenizer, next)?;
-        let outcome = stops.push(&piece);
-        text.push_str(&outcome.emit);
-        let event = TokenEvent { token_id: next, text: &outcome.emit, index: token_ids.len() - 1, elapsed_ms: now_ms() - start };
+        if !state.fits(prompt_ids.len()) {
+            return Err(WorkerError::ContextOverflow { tokens: state.len() + prompt_ids.len(), context: state.context() });
+        }
+        let start = now_ms();
+        Ok(Generator {
+            model,
+            tokenizer,
+            state,
+            prompt_ids,
+            params,
+            sampler: Sampler::new(params.sampler.clone())?,
+            stops: StopMatcher::new(params.stop_sequences.clone()),
+            decoder: tokenizer.stream_decoder(true),
+            prefilled: 0,
+            logits: Vec::new(),
+            history: prompt_ids.to_vec(),
+            token_ids: Vec::new(),
+            text: String::new(),
+            pending: None,
+            stop_reason: None,
+            start,
+            prefill_ms: 0.0,
+            first_token_ms: 0.0,
+            decode_start: start,
+            excluded_ms: 0.0,
+        })
+    }
+
+    /// Runs one prefill chunk or one decode step.
+    pub fn step(&mut self) -> Result<Step, WorkerError> {
+        if self.stop_reason.is_some() {
+            return Ok(Step::Done);
+        }
+        let step_start = now_ms();
+        let total = self.prompt_ids.len();
+        if self.prefilled < total {
+            let end = (self.prefilled + self.params.prefill_chunk.max(1)).min(total);
+            self.logits = self.model.forward(self.state, &self.prompt_ids[self.prefilled..end], false)?;
+            self.prefilled = end;
+            if end == total {
+                self.prefill_ms = now_ms() - self.start - self.excluded_ms;
+                self.decode_start = now_ms();
+            }
+            return Ok(Step::Prefilled { done: end, total });
+        }
+        if self.token_ids.len() >= self.params.max_tokens {
+            return Ok(self.end(StopReason::MaxTokens));
+        }
+        if let Some(last) = self.pending.take() {
+            if !self.state.fits(1) {
+                return Ok(self.end(StopReason::ContextFull));
+            }
+            self.logits = self.model.forward(self.state, &[last], false)?;
+        }
+        let next = self.sampler.sample(&self.logits, &self.history);
+        self.token_ids.push(next);
+        self.history.push(next);
+        if self.token_ids.len() == 1 {
+            self.first_token_ms = now_ms() - self.start - self.excluded_ms;
+            self.decode_start = now_ms();
+            self.excluded_ms = 0.0;
+        }
+        if self.tokenizer.eos_ids.contains(&next) {
+            return Ok(self.end(StopReason::Eos));
+        }
+        let piece = self.decoder.push(self.tokenizer, next)?;
+        let outcome = self.stops.push(&piece);
+        self.text.push_str(&outcome.emit);
         if outcome.stopped {
-            stop_reason = StopReason::StopSequence;
-            // Generation ends here whatever the callback says; it still sees the last text.
-            let _ = on_token(&event);
-            break;
+            self.stop_reason = Some(StopReason::StopSequence);
+        } else {
+            self.pending = Some(next);
         }
-        if on_token(&event).is_break() {
-            stop_reason = StopReason::Cancelled;
-            break;
-        }
-        if token_ids.len() == params.max_tokens {
-            break;
-        }
-        if !state.fits(1) {
-            stop_reason = StopReason::ContextFull;
-            break;
-        }
-        logits = model.forward(state, &[next], false)?;
-    }
-    if stop_reason != StopReason::StopSequence {
-        let tail = decoder.finish(tokenizer)?;
-        let outcome = stops.push(&tail);
-        text.push_str(&outcome.emit);
-        if !outcome.stopped {
-            text.push_str(&stops.finish());
-        }
+        let now = now_ms();
+        Ok(Step::Token(GeneratedToken { token_id: next, text: outcome.emit, index: self.token_ids.len() - 1, elapsed_ms: now - self.start, step_ms: now - step_start }))
     }
 
-    let decode_ms = now_ms() - decode_start;
-    // The first token comes from the prefill's logits; the decode rate counts the steps after.
-    let decoded = token_ids.len().saturating_sub(1);
-    Ok(Generation {
-        prompt_token_ids: prompt_ids.to_vec(),
-        token_ids,
-        text,
-        stop_reason,
-        timings: Timings {
-            prefill_tokens_per_s: rate(prompt_ids.len(), prefill_ms),
-            decode_tokens_per_s: rate(decoded, decode_ms),
-            time_to_first_token_ms: first_token_ms,
-            prefill_ms,
-            decode_ms,
-        },
-    })
+    /// Ends generation before the next step, with [`StopReason::Cancelled`] (unless it has
+    /// already ended). The KV cache keeps what was computed.
+    pub fn cancel(&mut self) {
+        self.stop_reason.get_or_insert(StopReason::Cancelled);
+    }
+
+    /// Leaves `ms` (time the caller spent between steps, e.g. paused) out of the timings.
+    pub fn exclude_ms(&mut self, ms: f64) {
+        self.excluded_ms += ms;
+    }
+
+    /// Tokens sampled so far (including a final EOS).
+    pub fn token_count(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    /// Whether generation has ended (the next step is [`Step::Done`]).
+    pub fn is_done(&self) -> bool {
+        self.stop_reason.is_some()
+    }
+
+    fn end(&mut self, reason: StopReason) -> Step {
+        self.stop_reason = Some(reason);
+        Step::Done
+    }
+
+    /// The result: call after [`Step::Done`] (or [`Generator::cancel`]); any text the stream
+    /// decoder still holds is flushed into it.
+    pub fn finish(mut self) -> Result<Generation, WorkerError> {
+        let stop_reason = self.stop_reason.unwrap_or(StopReason::Cancelled);
+        if stop_reason != StopReason::StopSequence {
+            let tail = self.decoder.finish(self.tokenizer)?;
+            let outcome = self.stops.push(&tail);
+            self.text.push_str(&outcome.emit);
+            if !outcome.stopped {
+                self.text.push_str(&self.stops.finish());
+            }
+        }
+        let (decode_ms, prefill_ms) = if self.token_ids.is_empty() {
+            (0.0, if self.prefilled == self.prompt_ids.len() { self.prefill_ms } else { now_ms() - self.start - self.excluded_ms })
+        } else {
+            (now_ms() - self.decode_start - self.excluded_ms, self.prefill_ms)
+        };
+        // The first token comes from the prefill's logits; the decode rate counts the steps after.
+        let decoded = self.token_ids.len().saturating_sub(1);
+        Ok(Generation {
+            prompt_token_ids: self.prompt_ids.to_vec(),
+            token_ids: self.token_ids,
+            text: self.text,
+            stop_reason,
+            timings: Timings {
+                prefill_tokens_per_s: rate(self.prefilled, prefill_ms),
+                decode_tokens_per_s: rate(decoded, decode_ms),
+                time_to_first_token_ms: self.first_token_ms,
+                prefill_ms,
+                decode_ms,
+            },
+        })
+    }
 }
 
 fn rate(tokens: usize, ms: f64) -> f64 {

@@ -9,9 +9,18 @@
 //!                 {"id": 9, "type": "generate", "modelId": "smollm2-135m#1", "prompt": "..", "maxTokens": 12}
 //!                 {"id": 10, "type": "embed", "modelId": "minilm-l6#2", "texts": [".."]}
 //!                 {"id": 11, "type": "unloadModel", "modelId": "smollm2-135m#1"}
+//!                 {"id": 12, "type": "generateStream", "modelId": "smollm2-135m#1", "prompt": ".."}
+//!                 {"id": 13, "type": "pause", "target": 12}     (also resume; cancel takes "reason"?)
 //! worker → host   {"id": 7, "type": "result", "value": {...}}
 //!                 {"id": 7, "type": "error", "error": {"name": "FetchError", "message": "..."}}
+//!                 {"id": 12, "type": "token", "value": {"text": " girl", "tokenId": 8180, "index": 0, "timing": {..}}}
+//!                 {"id": 12, "type": "metrics", "value": {"tokens": 8, ..}}
 //! ```
+//!
+//! Every request gets exactly one final reply (`result` or `error`); a `generateStream` gets
+//! `token` events (one per generated token, in order) and `metrics` events before it. The
+//! worker handles requests concurrently: a generation yields to the event loop between steps,
+//! so `pause` / `resume` / `cancel` (and any other request) are answered while it runs.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +53,22 @@ pub enum Request {
     Embed { model_id: String, texts: Vec<String> },
     /// Free a loaded model. Replies [`UnloadedModel`].
     UnloadModel { model_id: String },
+    /// [`Request::Generate`] with progress: a `token` event ([`StreamToken`]) per generated
+    /// token and `metrics` events ([`StreamMetrics`]), then the [`GenerateResult`] (stop reason
+    /// `cancelled` when cancelled).
+    GenerateStream(GenerateRequest),
+    /// Stop computing generation `target` (a `generate` or `generateStream` id) after its
+    /// current step until `resume`. Replies [`StreamControlResult`].
+    Pause { target: u64 },
+    /// Continue paused generation `target`. Replies [`StreamControlResult`].
+    Resume { target: u64 },
+    /// End generation `target` after its current step; it replies its result so far with stop
+    /// reason `cancelled`. Replies [`StreamControlResult`].
+    Cancel {
+        target: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 /// [`Request::Generate`]. Absent options take the native CLI's defaults (`accel generate`):
@@ -76,6 +101,64 @@ pub struct GenerateRequest {
 pub enum Reply {
     Result { id: u64, value: serde_json::Value },
     Error { id: u64, error: ErrorPayload },
+    /// A progress event of a `generateStream`; the final `result` or `error` follows.
+    Token { id: u64, value: StreamToken },
+    Metrics { id: u64, value: StreamMetrics },
+}
+
+/// One generated token of a `generateStream` (not sent for a final end-of-sequence token,
+/// which only ends generation; the result's `tokenIds` has it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamToken {
+    /// The text this token made visible (may be empty while a character is incomplete). The
+    /// texts of all events, in order, make the result's `text`.
+    pub text: String,
+    pub token_id: u32,
+    /// 0 for the first generated token.
+    pub index: usize,
+    pub timing: TokenTiming,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenTiming {
+    /// Since generation started (wall clock, pauses included).
+    pub elapsed_ms: f64,
+    /// Spent computing this token (forward pass and sampling).
+    pub step_ms: f64,
+}
+
+/// Progress of a `generateStream`: every few tokens, and once just before the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamMetrics {
+    /// Tokens streamed so far.
+    pub tokens: usize,
+    /// Since generation started, at the last token (pauses included).
+    pub elapsed_ms: f64,
+    /// Time spent paused.
+    pub paused_ms: f64,
+    pub time_to_first_token_ms: f64,
+    /// Tokens after the first per second of decoding (pauses left out).
+    pub decode_tokens_per_s: f64,
+}
+
+/// Result of [`Request::Pause`], [`Request::Resume`] and [`Request::Cancel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamControlResult {
+    pub target: u64,
+    pub state: StreamState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StreamState {
+    Generating,
+    Paused,
+    /// Ends after the current step; the target's result follows.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,6 +368,33 @@ mod tests {
         let embedded: Embeddings = round_trips(&f["embeddings"]);
         assert_eq!(embedded.embeddings[0].len(), embedded.dim);
         round_trips::<UnloadedModel>(&f["unloadedModel"]);
+        // The stream replies' final result is a generate result, here a cancelled one.
+        let stream_result = f["replies"].as_array().unwrap().iter().find(|r| r["id"] == 8 && r["type"] == "result").unwrap();
+        let cancelled: GenerateResult = round_trips(&stream_result["value"]);
+        assert_eq!(cancelled.stop_reason, StopReason::Cancelled);
+        let not_found = WorkerError::StreamNotFound { target: 8 };
+        let reply = reply::<()>(13, Err(not_found));
+        assert_eq!(serde_json::to_value(&reply).unwrap(), *f["replies"].as_array().unwrap().last().unwrap(), "the fixture's message is the worker's");
+        let control: StreamControlResult = round_trips(&f["streamControl"]);
+        assert_eq!((control.target, control.state), (8, StreamState::Paused));
+    }
+
+    #[test]
+    fn stream_requests_and_events_parse() {
+        let envelope = parse_request(r#"{"id": 8, "type": "generateStream", "modelId": "m#1", "prompt": "hi", "maxTokens": 4}"#).unwrap();
+        let Request::GenerateStream(g) = envelope.request else { panic!("{envelope:?}") };
+        assert_eq!(g.max_tokens, Some(4));
+        let envelope = parse_request(r#"{"id": 9, "type": "cancel", "target": 8, "reason": "user"}"#).unwrap();
+        assert_eq!(envelope.request, Request::Cancel { target: 8, reason: Some("user".into()) });
+        let envelope = parse_request(r#"{"id": 10, "type": "cancel", "target": 8}"#).unwrap();
+        assert_eq!(envelope.request, Request::Cancel { target: 8, reason: None });
+        let (_, err) = parse_request(r#"{"id": 11, "type": "pause"}"#).unwrap_err();
+        assert!(err.to_string().contains("target"), "{err}");
+        let token = Reply::Token { id: 8, value: StreamToken { text: " girl".into(), token_id: 8180, index: 0, timing: TokenTiming { elapsed_ms: 1.5, step_ms: 0.5 } } };
+        let json = serde_json::to_value(&token).unwrap();
+        assert_eq!(json["type"], "token");
+        assert_eq!(json["value"]["tokenId"], 8180);
+        assert_eq!(json["value"]["timing"]["elapsedMs"], 1.5);
     }
 
     #[test]

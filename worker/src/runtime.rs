@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
 use sw::ContentHash;
 
-use crate::generate::{generate, GenerateParams};
+use crate::generate::{generate, GenerateParams, GeneratedToken, Generation, Generator, Step};
 use crate::loader::{TextModel, DEFAULT_SYSTEM_PROMPT};
 use crate::models::bert::Embedder;
 use crate::models::packed_source::PackedModel;
-use crate::protocol::{Embeddings, GenerateRequest, GenerateResult, GenerateTimings, ModelKind, UnloadedModel};
+use crate::protocol::{Embeddings, GenerateRequest, GenerateResult, GenerateTimings, ModelKind, StreamMetrics, StreamToken, TokenTiming, UnloadedModel};
 use crate::WorkerError;
 
 /// KV-cache positions at most, as `accel generate`'s default `--context`. A request allocates
@@ -51,9 +52,11 @@ impl LoadedModel {
 
 /// The worker's loaded models by id. Ids are `<name>#<n>`, n counting loads in this worker, so
 /// loading the same model twice gives two independent ids and unloading one leaves the other.
+/// Models are reference-counted: a generation in progress keeps its model alive (and never
+/// holds this map) across its yields, so an `unloadModel` meanwhile frees it when it ends.
 #[derive(Default)]
 pub struct LoadedModels {
-    models: HashMap<String, LoadedModel>,
+    models: HashMap<String, Rc<LoadedModel>>,
     loads: u64,
 }
 
@@ -62,17 +65,19 @@ impl LoadedModels {
     pub fn insert(&mut self, name: &str, model: LoadedModel) -> String {
         self.loads += 1;
         let id = format!("{name}#{}", self.loads);
-        self.models.insert(id.clone(), model);
+        self.models.insert(id.clone(), Rc::new(model));
         id
     }
 
-    fn get(&self, model_id: &str) -> Result<&LoadedModel, WorkerError> {
+    fn get(&self, model_id: &str) -> Result<&Rc<LoadedModel>, WorkerError> {
         self.models.get(model_id).ok_or_else(|| WorkerError::ModelNotLoaded { model_id: model_id.to_owned() })
     }
 
-    /// Runs [`GenerateRequest`] to completion (the worker's thread is busy meanwhile).
-    pub fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, WorkerError> {
-        let LoadedModel::Text(m) = self.get(&request.model_id)? else {
+    /// Everything a [`GenerateRequest`] needs before its first step: the model (kept alive by
+    /// the returned value), the prompt's ids, the parameters and the context to allocate.
+    pub fn prepare_generation(&self, request: &GenerateRequest) -> Result<PreparedGeneration, WorkerError> {
+        let model = self.get(&request.model_id)?.clone();
+        let LoadedModel::Text(m) = &*model else {
             return Err(wrong_kind(&request.model_id, "an embedding model: use embed, not generate"));
         };
         let params = generate_params(request);
@@ -80,23 +85,21 @@ impl LoadedModels {
         let prompt_ids = m.encode_prompt(&request.prompt, request.chat.unwrap_or(false), system)?;
         // Too long a prompt still meets the full context, so it is refused as natively.
         let context = prompt_ids.len().saturating_add(params.max_tokens).min(DEFAULT_CONTEXT);
-        let mut state = m.model.new_state(context);
-        let out = generate(&m.model, &m.tokenizer, &mut state, &prompt_ids, &params, |_| ControlFlow::Continue(()))?;
-        Ok(GenerateResult {
-            prompt_token_ids: out.prompt_token_ids,
-            token_ids: out.token_ids,
-            text: out.text,
-            stop_reason: out.stop_reason,
-            timings: GenerateTimings {
-                prefill_tokens_per_s: out.timings.prefill_tokens_per_s,
-                decode_tokens_per_s: out.timings.decode_tokens_per_s,
-                time_to_first_token_ms: out.timings.time_to_first_token_ms,
-            },
-        })
+        Ok(PreparedGeneration { model, prompt_ids, params, context })
+    }
+
+    /// Runs [`GenerateRequest`] to completion in one go (native callers; the worker runs
+    /// [`run_generation`], which yields between steps).
+    pub fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, WorkerError> {
+        let prepared = self.prepare_generation(request)?;
+        let m = prepared.text_model();
+        let mut state = m.model.new_state(prepared.context);
+        let out = generate(&m.model, &m.tokenizer, &mut state, &prepared.prompt_ids, &prepared.params, |_| ControlFlow::Continue(()))?;
+        Ok(generate_result(out))
     }
 
     pub fn embed(&self, model_id: &str, texts: &[String]) -> Result<Embeddings, WorkerError> {
-        let LoadedModel::Embedding(embedder) = self.get(model_id)? else {
+        let LoadedModel::Embedding(embedder) = &**self.get(model_id)? else {
             return Err(wrong_kind(model_id, "a text-generation model: use generate, not embed"));
         };
         if texts.is_empty() {
@@ -118,6 +121,132 @@ impl LoadedModels {
 
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
+    }
+}
+
+/// A generation ready to run (from [`LoadedModels::prepare_generation`]).
+pub struct PreparedGeneration {
+    model: Rc<LoadedModel>,
+    pub prompt_ids: Vec<u32>,
+    pub params: GenerateParams,
+    /// KV-cache positions to allocate.
+    pub context: usize,
+}
+
+impl PreparedGeneration {
+    fn text_model(&self) -> &TextModel {
+        match &*self.model {
+            LoadedModel::Text(m) => m,
+            LoadedModel::Embedding(_) => unreachable!("prepare_generation only accepts text models"),
+        }
+    }
+}
+
+/// What [`run_generation`] asks of its caller between steps and tells it along the way.
+#[allow(async_fn_in_trait)] // single-threaded (the worker's one thread): no Send bound wanted
+pub trait GenerationHooks {
+    /// A token was generated (not called for a final end-of-sequence token).
+    fn on_token(&mut self, token: &StreamToken);
+    /// Progress so far: after every [`METRICS_EVERY`] tokens, and once at the end.
+    fn on_metrics(&mut self, metrics: &StreamMetrics);
+    /// Between two steps: give way to other work (the worker yields to its event loop here
+    /// and waits while paused). `Continue(ms)` goes on, `ms` being time spent paused (left out
+    /// of the rates); `Break` cancels.
+    async fn between_steps(&mut self) -> ControlFlow<(), f64>;
+}
+
+/// How many tokens between two [`GenerationHooks::on_metrics`] calls.
+pub const METRICS_EVERY: usize = 8;
+
+/// Runs a prepared generation step by step with a fresh KV cache, calling `hooks` between
+/// steps. Gives the same tokens as [`LoadedModels::generate`] (the same [`Generator`]); a
+/// cancelled run ends with stop reason `cancelled` and the tokens made so far.
+pub async fn run_generation(prepared: &PreparedGeneration, hooks: &mut impl GenerationHooks) -> Result<GenerateResult, WorkerError> {
+    let m = prepared.text_model();
+    let mut state = m.model.new_state(prepared.context);
+    let mut generator = Generator::new(&m.model, &m.tokenizer, &mut state, &prepared.prompt_ids, &prepared.params)?;
+    let mut metrics = MetricsTracker::default();
+    loop {
+        match generator.step()? {
+            Step::Done => break,
+            Step::Prefilled { .. } => {}
+            Step::Token(token) => {
+                hooks.on_token(&stream_token(&token));
+                metrics.token(&token);
+                if metrics.tokens % METRICS_EVERY == 0 {
+                    hooks.on_metrics(&metrics.report());
+                }
+            }
+        }
+        if generator.is_done() {
+            break;
+        }
+        match hooks.between_steps().await {
+            ControlFlow::Continue(paused_ms) => {
+                generator.exclude_ms(paused_ms);
+                metrics.paused_ms += paused_ms;
+            }
+            ControlFlow::Break(()) => {
+                generator.cancel();
+                break;
+            }
+        }
+    }
+    let out = generator.finish()?;
+    let mut last = metrics.report();
+    last.decode_tokens_per_s = out.timings.decode_tokens_per_s;
+    last.time_to_first_token_ms = out.timings.time_to_first_token_ms;
+    hooks.on_metrics(&last);
+    Ok(generate_result(out))
+}
+
+fn stream_token(token: &GeneratedToken) -> StreamToken {
+    StreamToken { text: token.text.clone(), token_id: token.token_id, index: token.index, timing: TokenTiming { elapsed_ms: token.elapsed_ms, step_ms: token.step_ms } }
+}
+
+#[derive(Default)]
+struct MetricsTracker {
+    tokens: usize,
+    first_ms: f64,
+    last_ms: f64,
+    paused_ms: f64,
+    paused_before_first: f64,
+}
+
+impl MetricsTracker {
+    fn token(&mut self, token: &GeneratedToken) {
+        self.tokens += 1;
+        if self.tokens == 1 {
+            self.first_ms = token.elapsed_ms;
+            self.paused_before_first = self.paused_ms;
+        }
+        self.last_ms = token.elapsed_ms;
+    }
+
+    fn report(&self) -> StreamMetrics {
+        let decode_ms = self.last_ms - self.first_ms - (self.paused_ms - self.paused_before_first);
+        StreamMetrics {
+            tokens: self.tokens,
+            elapsed_ms: self.last_ms,
+            paused_ms: self.paused_ms,
+            time_to_first_token_ms: self.first_ms - self.paused_before_first,
+            decode_tokens_per_s: if decode_ms > 0.0 { (self.tokens - 1) as f64 * 1000.0 / decode_ms } else { 0.0 },
+        }
+    }
+}
+
+/// The protocol's result for a finished generation.
+pub fn generate_result(out: Generation) -> GenerateResult {
+    GenerateResult {
+        prompt_token_ids: out.prompt_token_ids,
+        token_ids: out.token_ids,
+        text: out.text,
+        stop_reason: out.stop_reason,
+        timings: GenerateTimings {
+            prefill_tokens_per_s: out.timings.prefill_tokens_per_s,
+            decode_tokens_per_s: out.timings.decode_tokens_per_s,
+            time_to_first_token_ms: out.timings.time_to_first_token_ms,
+        },
     }
 }
 

@@ -93,3 +93,92 @@ fn a_loaded_embedding_model_embeds_what_the_cli_embeds() {
     assert_eq!(models.embed(&id, &[]).unwrap_err().name(), "InvalidParameterError");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Hooks that record what `run_generation` reports, pause once and cancel after some tokens.
+struct Recorder {
+    tokens: Vec<worker::protocol::StreamToken>,
+    metrics: Vec<worker::protocol::StreamMetrics>,
+    steps: usize,
+    cancel_after: Option<usize>,
+    pause_at_step: Option<usize>,
+}
+
+impl worker::runtime::GenerationHooks for Recorder {
+    fn on_token(&mut self, token: &worker::protocol::StreamToken) {
+        self.tokens.push(token.clone());
+    }
+    fn on_metrics(&mut self, metrics: &worker::protocol::StreamMetrics) {
+        self.metrics.push(metrics.clone());
+    }
+    async fn between_steps(&mut self) -> std::ops::ControlFlow<(), f64> {
+        self.steps += 1;
+        if self.cancel_after.is_some_and(|n| self.tokens.len() >= n) {
+            return std::ops::ControlFlow::Break(());
+        }
+        // "Paused" for 250 ms of (pretend) wall clock: left out of the rates.
+        std::ops::ControlFlow::Continue(if self.pause_at_step == Some(self.steps) { 250.0 } else { 0.0 })
+    }
+}
+
+impl Recorder {
+    fn new(cancel_after: Option<usize>, pause_at_step: Option<usize>) -> Self {
+        Recorder { tokens: vec![], metrics: vec![], steps: 0, cancel_after, pause_at_step }
+    }
+}
+
+/// Polls a future that never waits (the hooks above answer at once) to its end.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+/// The worker's step-by-step generation (what `generate` and `generateStream` run in the
+/// browser) gives `generate`'s tokens, one event per token; a cancelled one stops early with
+/// stop reason `cancelled`, and the model then generates the normal answer again.
+#[test]
+fn stepwise_generation_streams_the_same_tokens_and_cancels_cleanly() {
+    use worker::generate::StopReason;
+    use worker::loader::TextModel;
+    use worker::runtime::{run_generation, METRICS_EVERY};
+    use worker::tensor::SharedBytes;
+
+    let text = TextModel::from_gguf(SharedBytes::from_vec(std::fs::read(smollm2_gguf()).unwrap()), "smollm2").unwrap();
+    let mut models = LoadedModels::default();
+    let id = models.insert("smollm2-135m", LoadedModel::Text(text));
+    let f = fixture("smollm2_once_upon.json");
+    let request = GenerateRequest { model_id: id.clone(), prompt: f["prompt"].as_str().unwrap().into(), max_tokens: Some(12), temperature: None, top_k: None, top_p: None, seed: None, chat: None };
+    let whole = models.generate(&request).unwrap();
+    assert_eq!(whole.token_ids, ids(&f["greedy_ids"])[..12]);
+
+    let prepared = models.prepare_generation(&request).unwrap();
+    let mut hooks = Recorder::new(None, Some(3));
+    let streamed = block_on(run_generation(&prepared, &mut hooks)).unwrap();
+    assert_eq!(streamed.token_ids, whole.token_ids);
+    assert_eq!(streamed.text, whole.text);
+    assert_eq!(streamed.stop_reason, StopReason::MaxTokens);
+    assert_eq!(hooks.tokens.iter().map(|t| t.token_id).collect::<Vec<_>>(), whole.token_ids);
+    assert_eq!(hooks.tokens.iter().map(|t| t.text.as_str()).collect::<String>(), whole.text);
+    assert!(hooks.tokens.iter().enumerate().all(|(i, t)| t.index == i));
+    assert!(hooks.tokens.windows(2).all(|w| w[1].timing.elapsed_ms >= w[0].timing.elapsed_ms));
+    // One metrics report every METRICS_EVERY tokens, and a last one.
+    assert_eq!(hooks.metrics.len(), 12 / METRICS_EVERY + 1);
+    let last = hooks.metrics.last().unwrap();
+    assert_eq!((last.tokens, last.paused_ms), (12, 250.0));
+    assert!(hooks.steps >= 12, "it gives way between steps ({} times)", hooks.steps);
+
+    let mut hooks = Recorder::new(Some(3), None);
+    let cancelled = block_on(run_generation(&prepared, &mut hooks)).unwrap();
+    assert_eq!(cancelled.stop_reason, StopReason::Cancelled);
+    assert_eq!(cancelled.token_ids, whole.token_ids[..3]);
+    assert_eq!(hooks.tokens.len(), 3);
+    // Each run has its own KV cache: the next one gives the normal answer.
+    assert_eq!(models.generate(&request).unwrap().token_ids, whole.token_ids);
+    // Unloading while a prepared generation holds the model leaves that generation working.
+    models.unload(&id).unwrap();
+    assert_eq!(block_on(run_generation(&prepared, &mut Recorder::new(None, None))).unwrap().token_ids, whole.token_ids);
+}
