@@ -9,6 +9,7 @@
 //! accel pack     INPUT --out DIR [--precision P] [--precision-config FILE] [--shard-mb N] [--name NAME]
 //! accel eval     --model M --text FILE [--json] [--reference R]
 //! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N]
+//!                (an embedding model: [--batch 16] [--reps 3] → sentences/s)
 //!                [--activations int16,f32] [--json]
 //! ```
 //! Errors print one line, `error: <Name>: <message>`, and exit 1 (2 for usage errors).
@@ -354,7 +355,13 @@ of FILE's lines to those of --reference R.
     /// Prefill and decode speed: a `--prompt-tokens` prompt (default 128, cut from a fixed
     /// text), then `--gen-tokens` (default 64) greedy tokens, `--reps` times; medians reported.
     fn cmd_bench(args: &Args) -> Result<(), Failure> {
+        let path = args.model()?;
+        if is_embedding_model(&path)? {
+            return bench_embeddings(args);
+        }
+        let load_start = std::time::Instant::now();
         let (m, _) = load(args)?;
+        let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
         let prompt_tokens: usize = args.number("prompt-tokens", 128)?;
         let gen_tokens: usize = args.number("gen-tokens", 64)?;
         let reps: usize = args.number::<usize>("reps", 3)?.max(1);
@@ -384,28 +391,76 @@ of FILE's lines to those of --reference R.
             }
             results.push(json!({
                 "activations": activations.name(),
-                "prefill_tokens_per_s": { "median": median(&mut prefill), "min": min(&prefill), "max": max(&prefill) },
-                "decode_tokens_per_s": { "median": median(&mut decode), "min": min(&decode), "max": max(&decode) },
-                "time_to_first_token_ms": { "median": median(&mut ttft), "min": min(&ttft), "max": max(&ttft) },
+                "prefill_tokens_per_s": summary(prefill),
+                "decode_tokens_per_s": summary(decode),
+                "time_to_first_token_ms": summary(ttft),
             }));
         }
-        let threads = rayon::current_num_threads();
-        let result = json!({
+        print_bench(args, json!({
             "engine": "accel-cpu",
-            "model": args.model()?.display().to_string(),
-            "threads": threads,
+            "model": path.display().to_string(),
+            "threads": rayon::current_num_threads(),
             "simd": worker::quant::kernel_set(),
             "prompt_tokens": prompt_tokens,
             "gen_tokens": gen_tokens,
             "reps": reps,
+            "load_ms": load_ms,
+            "peak_rss_bytes": peak_rss_bytes(),
             "results": results,
-        });
+        }))
+    }
+
+    /// `accel bench` on an embedding model: sentences per second over a batch of the fixture
+    /// sentences (`--batch N`, default 16), `--reps` times.
+    fn bench_embeddings(args: &Args) -> Result<(), Failure> {
+        args.apply_threads()?;
+        let path = args.model()?;
+        let load_start = std::time::Instant::now();
+        let embedder = load_embedder(&path)?;
+        let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+        let batch: usize = args.number::<usize>("batch", 16)?.max(1);
+        let reps: usize = args.number::<usize>("reps", 3)?.max(1);
+        let sentences: Vec<&str> = BENCH_SENTENCES.lines().filter(|l| !l.trim().is_empty()).cycle().take(batch).collect();
+        let mut rates = vec![];
+        for _ in 0..reps {
+            let start = std::time::Instant::now();
+            embedder.embed(&sentences)?;
+            rates.push(batch as f64 / start.elapsed().as_secs_f64());
+        }
+        print_bench(args, json!({
+            "engine": "accel-cpu",
+            "model": path.display().to_string(),
+            "threads": rayon::current_num_threads(),
+            "simd": worker::quant::kernel_set(),
+            "batch": batch,
+            "reps": reps,
+            "load_ms": load_ms,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "embeddings_per_s": summary(rates),
+        }))
+    }
+
+    fn print_bench(args: &Args, result: serde_json::Value) -> Result<(), Failure> {
         if args.flag("json") {
             println!("{result}");
         } else {
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
         }
         Ok(())
+    }
+
+    /// `{samples, median, min, max}` of a measurement.
+    fn summary(mut samples: Vec<f64>) -> serde_json::Value {
+        let (lo, hi) = (min(&samples), max(&samples));
+        let raw = samples.clone();
+        json!({ "samples": raw, "median": median(&mut samples), "min": lo, "max": hi })
+    }
+
+    /// The process's peak resident set (VmHWM), where /proc says it (Linux).
+    fn peak_rss_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
     }
 
     fn median(v: &mut [f64]) -> f64 {
@@ -425,4 +480,5 @@ of FILE's lines to those of --reference R.
     }
 
     const BENCH_TEXT: &str = include_str!("../../../tests/fixtures/eval_text.txt");
+    const BENCH_SENTENCES: &str = include_str!("../../../tests/fixtures/minilm_eval_sentences.txt");
 }
