@@ -9,7 +9,7 @@ export ACCEL_CACHE ?= $(HOME)/.cache/ipfs-accelerate
 # tests/webdriver.json (software WebGPU included).
 WASM_TEST_ENV := CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json
 
-.PHONY: setup web demo serve test test-native test-wasm test-browser bench-peers clean
+.PHONY: setup web demo serve test test-native test-wasm test-browser bench bench-quick bench-peers clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,15 @@ test-wasm:
 ## host-js unit tests and the Playwright end-to-end suite; ends with "N passed, N failed".
 test-browser:
 	tests/run-browser-suite.sh
+
+## Every engine against its peers in one run (native CPU, llama.cpp when built, our engine and
+## wllama in headless Chromium): bench-results/bench-<time>.{json,md,svg}, ratios printed last.
+bench: setup web
+	@scripts/bench.sh
+
+## The same in under 5 minutes (one repetition, no llama.cpp): for checking a change.
+bench-quick: setup web
+	@QUICK=1 scripts/bench.sh
 
 ## Opt-in: our native CPU engine vs llama.cpp (built once from the llama-cpp-python sdist,
 ## ~13 min on 2 cores, cached in $(ACCEL_CACHE)/llama.cpp) on the same GGUF, same run.

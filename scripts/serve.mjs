@@ -84,9 +84,14 @@ function throttle(rate) {
  *   fault(entry, size)  returns {corrupt: true} to flip bytes of the body, or
  *                       {dropAfter: n} to break the connection after n body bytes
  *   bytesPerSecond      throttles every body to this rate
+ *
+ * Other options:
+ *   headers: {...}      extra headers sent with every response (e.g. COOP/COEP for
+ *                       cross-origin isolation, used by scripts/bench-browser.mjs)
  */
-export async function startServer({ root, port = 0, host = '127.0.0.1', mounts = {}, quiet = true, cors = false, rewrite = null, fault = null, bytesPerSecond = 0 } = {}) {
+export async function startServer({ root, port = 0, host = '127.0.0.1', mounts = {}, quiet = true, cors = false, rewrite = null, fault = null, bytesPerSecond = 0, headers: extraHeaders = {} } = {}) {
   const corsHeaders = cors ? { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range, Content-Length' } : {};
+  const everyResponse = { ...extraHeaders, ...corsHeaders };
   const roots = [...Object.entries(mounts).map(([prefix, dir]) => [prefix, resolve(dir)]), ['/', resolve(root)]];
   const requests = [];
   const sockets = new Set();
@@ -98,7 +103,7 @@ export async function startServer({ root, port = 0, host = '127.0.0.1', mounts =
     const finish = (status, headers = {}, body = '') => {
       entry.status = status;
       entry.end = Date.now();
-      res.writeHead(status, { ...corsHeaders, ...headers }).end(body);
+      res.writeHead(status, { ...everyResponse, ...headers }).end(body);
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return finish(405, { Allow: 'GET, HEAD' });
     const [prefix, dir] = roots.find(([p]) => path.startsWith(p));
@@ -117,7 +122,7 @@ export async function startServer({ root, port = 0, host = '127.0.0.1', mounts =
     const rewritten = rewrite ? await rewrite(path, await readFile(file)) : null;
     const size = rewritten ? rewritten.length : info.size;
     const headers = {
-      ...corsHeaders,
+      ...everyResponse,
       'Content-Type': MIME_TYPES[extname(file)] ?? 'application/octet-stream',
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-cache',
