@@ -24,7 +24,7 @@ use crate::route::{route_request, Route};
 use crate::serve::{content_range_start, serve, Fetched, Network, Opened, ResponseBody, Served};
 use crate::shard_cache::{Platform, ShardAnswer, ShardCache, StorageEstimate};
 use crate::store::{BlobStore, StoredBlob};
-use crate::SwError;
+use crate::{ContentHash, SwError};
 
 type Cache = ShardCache<IdbRecords, GlobalFetch, WebPlatform>;
 
@@ -142,6 +142,10 @@ impl Platform for WebPlatform {
         let result = JsFuture::from(promise).await.map_err(failed)?;
         let number = |key: &str| Reflect::get(&result, &key.into()).ok().and_then(|v| v.as_f64()).unwrap_or(0.0) as u64;
         Ok(StorageEstimate { usage: number("usage"), quota: number("quota") })
+    }
+
+    async fn sha256(&self, bytes: &[u8]) -> Result<ContentHash, SwError> {
+        crate::webcrypto::sha256(&Uint8Array::from(bytes)).await
     }
 }
 

@@ -27,6 +27,8 @@ pub mod testing;
 mod entry;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;
+#[cfg(target_arch = "wasm32")]
+pub mod webcrypto;
 
 pub use content::{sha256_hex, ContentHash};
 pub use error::SwError;

@@ -63,6 +63,10 @@ pub trait Platform: Sleep {
     /// Milliseconds since the epoch.
     fn now_ms(&self) -> f64;
     async fn estimate(&self) -> Result<StorageEstimate, SwError>;
+    /// SHA-256 of a whole shard (the browser's native WebCrypto; `sha2` natively).
+    async fn sha256(&self, bytes: &[u8]) -> Result<ContentHash, SwError> {
+        Ok(ContentHash::of(bytes))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,7 +366,11 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
             return Ok(None);
         }
         let bytes = self.store.get_bytes(Table::Shards, hash.as_str()).await?;
-        let Some(bytes) = bytes.filter(|b| b.len() as u64 == meta.record.bytes && ContentHash::of(b) == *hash) else {
+        let intact = match &bytes {
+            Some(b) if b.len() as u64 == meta.record.bytes => self.platform.sha256(b).await? == *hash,
+            _ => false,
+        };
+        let Some(bytes) = bytes.filter(|_| intact) else {
             self.delete_shard(&meta).await?;
             return Ok(None);
         };

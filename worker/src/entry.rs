@@ -259,6 +259,8 @@ async fn probe_webgpu(navigator: &JsValue) -> WebGpuReport {
 /// One successful download: the body and the headers the service worker adds.
 struct Download {
     bytes: Vec<u8>,
+    /// SHA-256 of the body, by WebCrypto (before the copy into wasm memory).
+    sha256: Option<sw::ContentHash>,
     /// `x-accel-source`; `"network"` when no service worker answered.
     source: String,
     /// `x-accel-not-stored`: why the service worker could not keep it.
@@ -267,39 +269,46 @@ struct Download {
 
 /// GETs `url`. A non-2xx answer is an error named by the service worker when it named one
 /// (`x-accel-error`, see [`WorkerError::from_failed_fetch`]), else a `FetchError`.
-async fn download(url: &str) -> Result<Download, WorkerError> {
+async fn download(url: &str, digest: bool) -> Result<Download, WorkerError> {
     let failed = |reason: String| WorkerError::Fetch { url: url.to_owned(), reason };
     let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
     let response: Response = JsFuture::from(scope.fetch_with_str(url)).await.map_err(|e| failed(js_message(&e)))?.unchecked_into();
     let header = |name: &str| response.headers().get(name).ok().flatten();
     let body = async {
         let buffer = response.array_buffer().map_err(|e| failed(js_message(&e)))?;
-        Ok::<_, WorkerError>(Uint8Array::new(&JsFuture::from(buffer).await.map_err(|e| failed(js_message(&e)))?).to_vec())
+        Ok::<_, WorkerError>(Uint8Array::new(&JsFuture::from(buffer).await.map_err(|e| failed(js_message(&e)))?))
     };
     if !response.ok() {
         // The body only refines the message; a body that cannot be read leaves it out.
-        let bytes = body.await.unwrap_or_default();
+        let bytes = body.await.map(|b| b.to_vec()).unwrap_or_default();
         return Err(WorkerError::from_failed_fetch(url, response.status(), header("x-accel-error").as_deref(), &bytes));
     }
-    Ok(Download { bytes: body.await?, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
+    let body = body.await?;
+    let sha256 = if digest { Some(sw::webcrypto::sha256(&body).await?) } else { None };
+    Ok(Download { bytes: body.to_vec(), sha256, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
 }
 
-/// Downloads the manifest at `url` and every shard beside it, verifies them (in
-/// `PackedModel::from_parts`), builds the model and keeps it.
+/// Downloads the manifest at `url` and every shard beside it, verifies each shard's SHA-256
+/// (WebCrypto; the service worker verified it too, but the engine checks what it runs), builds
+/// the model and keeps it.
 async fn load_model(url: &str) -> Result<LoadedModelInfo, WorkerError> {
     let start = now_ms();
-    let manifest_json = download(url).await?.bytes;
+    let manifest_json = download(url, false).await?.bytes;
     // Parsed here too, to know which shards to fetch; from_parts parses the same bytes again
     // (microseconds) and owns the verification.
     let manifest = sw::Manifest::parse(&manifest_json)?;
     let mut shards = Vec::with_capacity(manifest.shards.len());
     let mut shard_bytes = std::collections::HashMap::new();
     for info in &manifest.shards {
-        let got = download(&shard_url(url, &info.sha256)).await?;
+        let got = download(&shard_url(url, &info.sha256), true).await?;
+        if got.sha256.as_ref() != Some(&info.sha256) {
+            let actual = got.sha256.map_or_else(|| "no digest".into(), |h| h.to_string());
+            return Err(sw::SwError::Integrity { what: shard_url(url, &info.sha256), expected: info.sha256.to_string(), actual }.into());
+        }
         shards.push(LoadedShard { sha256: info.sha256.to_string(), bytes: got.bytes.len() as u64, source: got.source, stored: got.not_stored.is_none(), not_stored: got.not_stored });
         shard_bytes.insert(info.sha256.clone(), SharedBytes::from_vec(got.bytes));
     }
-    let pack = PackedModel::from_parts(&manifest_json, |info| {
+    let pack = PackedModel::from_verified_parts(&manifest_json, |info| {
         shard_bytes.remove(&info.sha256).ok_or_else(|| WorkerError::ModelFormat { source_name: url.to_owned(), format: "packed model", reason: format!("shard {} was not downloaded", info.sha256) })
     })?;
     let model = LoadedModel::from_packed(&pack)?;
@@ -313,9 +322,10 @@ async fn load_model(url: &str) -> Result<LoadedModelInfo, WorkerError> {
 /// `fetchFile` answers every failure as a `FetchError` (its contract since the plumbing
 /// checks), with the service worker's name, when it gave one, in the message.
 async fn fetch_file(url: &str) -> Result<FetchedFile, WorkerError> {
-    let got = download(url).await.map_err(|err| match err {
+    let got = download(url, true).await.map_err(|err| match err {
         WorkerError::ServiceWorker { name, url, message } => WorkerError::Fetch { url, reason: format!("{message} ({name} from the service worker)") },
         other => other,
     })?;
-    Ok(FetchedFile { url: url.to_owned(), bytes: got.bytes.len() as u64, sha256: sw::sha256_hex(&got.bytes), source: got.source })
+    let sha256 = got.sha256.map_or_else(|| sw::sha256_hex(&got.bytes), |h| h.to_string());
+    Ok(FetchedFile { url: url.to_owned(), bytes: got.bytes.len() as u64, sha256, source: got.source })
 }
