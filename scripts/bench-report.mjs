@@ -42,7 +42,8 @@ for (const t of [1, 2]) {
     const prefill = llama.find((r) => r.n_prompt > 0 && r.n_gen === 0);
     const decode = llama.find((r) => r.n_gen > 0 && r.n_prompt === 0);
     rows.push({
-      engine: 'llama.cpp', where: 'native', backend: 'cpu', path: `build ${prefill?.build_commit ?? '?'}`, threads: t, model: 'smollm2-135m',
+      // The opt-in build comes from the llama-cpp-python sdist, which has no git commit.
+      engine: 'llama.cpp', where: 'native', backend: 'cpu', path: prefill?.build_commit && prefill.build_commit !== 'unknown' ? `build ${prefill.build_commit}` : '', threads: t, model: 'smollm2-135m',
       metrics: {
         prefill_tokens_per_s: { ...point(prefill.avg_ts), samples: prefill.samples_ts ?? [prefill.avg_ts], stddev: prefill.stddev_ts },
         decode_tokens_per_s: { ...point(decode.avg_ts), samples: decode.samples_ts ?? [decode.avg_ts], stddev: decode.stddev_ts },
