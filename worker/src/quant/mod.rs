@@ -193,7 +193,23 @@ pub(crate) fn lanes_dot(x: &[f32], value: impl Fn(usize) -> f32) -> f32 {
 /// Reads a little-endian f16 (unaligned) as f32.
 #[inline(always)]
 pub(crate) fn f16_at(bytes: [u8; 2]) -> f32 {
-    half::f16::from_le_bytes(bytes).to_f32()
+    f16_bits_to_f32(u16::from_le_bytes(bytes))
+}
+
+/// f16 → f32, exactly, without branches on the common path. Every block of every quantized
+/// product converts one or two f16 scales, and wasm (like x86 without F16C) has no instruction
+/// for it: the portable conversion's branches cost as much as the block's SIMD work there.
+///
+/// The f16's exponent and mantissa, shifted into an f32's, read as an f32 2^112 too small (the
+/// biases differ: 127 − 15), for normals and subnormals alike; one exact multiplication by 2^112
+/// fixes it. Only infinities and NaNs (exponent all ones) need the slow path.
+#[inline(always)]
+pub(crate) fn f16_bits_to_f32(bits: u16) -> f32 {
+    if bits & 0x7c00 == 0x7c00 {
+        return half::f16::from_bits(bits).to_f32();
+    }
+    let magnitude = f32::from_bits(((bits & 0x7fff) as u32) << 13) * f32::from_bits(0x7780_0000); // × 2^112
+    f32::from_bits(magnitude.to_bits() | (((bits & 0x8000) as u32) << 16))
 }
 
 /// Reinterprets `bytes` as a slice of `T` blocks. `T` must be a `#[repr(C)]` struct of `u8`
@@ -209,6 +225,14 @@ pub(crate) fn cast_blocks<T>(bytes: &[u8]) -> &[T] {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn f16_conversion_is_exact_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let (ours, reference) = (f16_bits_to_f32(bits), half::f16::from_bits(bits).to_f32());
+            assert!(ours.to_bits() == reference.to_bits() || (ours.is_nan() && reference.is_nan()), "{bits:#06x}: {ours} vs {reference}");
+        }
+    }
+
     use super::*;
 
     /// A small deterministic generator (xorshift) for test data; no dependency needed.
