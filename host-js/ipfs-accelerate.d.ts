@@ -216,6 +216,25 @@ export class Model {
   unload(): Promise<void>;
 }
 
+export interface LoadProgressDetails {
+  progress: number;
+  component: string;
+  componentBytes: number;
+  loadedBytes: number;
+  totalBytes: number;
+  elapsedMs: number;
+  etaMs: number;
+  /** Shard bytes the engine holds so far. */
+  memoryBytes: number;
+  source: 'store' | 'network';
+}
+
+export interface LoadOptions {
+  /** Once per component, in load order, when its bytes have arrived and been verified; progress is monotonic and ends at 1. */
+  onProgress?: (progress: number, component: string, details: LoadProgressDetails) => void;
+  onComponentLoaded?: (component: string, stats: { bytes: number; elapsedMs: number; source: 'store' | 'network' }) => void;
+}
+
 export class IPFSAccelerate {
   constructor(config?: IPFSAccelerateConfig);
   readonly config: Required<IPFSAccelerateConfig>;
@@ -226,7 +245,7 @@ export class IPFSAccelerate {
   getCapabilities(): Promise<Capabilities>;
   fetchFile(url: string): Promise<FetchedFile>;
   /** A model name (looked up under `modelsBaseUrl`) or a manifest.json URL. */
-  loadModel(nameOrManifestUrl: string, options?: Record<string, unknown>): Promise<Model>;
+  loadModel(nameOrManifestUrl: string, options?: LoadOptions): Promise<Model>;
   manifestUrl(nameOrManifestUrl: string): string;
   terminate(): void;
 }

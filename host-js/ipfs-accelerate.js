@@ -77,11 +77,23 @@ export class IPFSAccelerate {
    * Downloads a packed model (manifest.json + shards, through the service worker's cache) and
    * loads it in the engine worker; resolves to a `Model`. `nameOrManifestUrl` is a model name
    * (`'smollm2-135m'` → `<modelsBaseUrl>smollm2-135m/manifest.json`) or a manifest URL,
-   * absolute or relative to the page. `options` is reserved for later slices (progress,
-   * backend, components) and not read yet.
+   * absolute or relative to the page.
+   *
+   * `options.onProgress(progress, component, details)` is called once per component, in load
+   * order, when its bytes have all arrived and been verified: `progress` (0..1, monotonic, 1 at
+   * the end), the component's name, and `details` {componentBytes, loadedBytes, totalBytes,
+   * elapsedMs, etaMs, memoryBytes, source}. `options.onComponentLoaded(component, stats)` follows
+   * each with {bytes, elapsedMs, source}.
    */
   async loadModel(nameOrManifestUrl, options = {}) {
-    const info = await this.#request(requests.loadModel(this.manifestUrl(nameOrManifestUrl)));
+    const { onProgress, onComponentLoaded } = options ?? {};
+    const onEvent = ({ type, value }) => {
+      if (type !== 'progress') return;
+      onProgress?.(value.progress, value.component, value);
+      onComponentLoaded?.(value.component, { bytes: value.componentBytes, elapsedMs: value.elapsedMs, source: value.source });
+    };
+    await this.ready();
+    const info = await this._channel.send(requests.loadModel(this.manifestUrl(nameOrManifestUrl)), onEvent).result;
     return new Model({
       request: (body) => this.#request(body),
       send: async (body, onEvent) => {

@@ -13,6 +13,8 @@
 //                  | {id, type: 'token', value: {text, tokenId, index, timing: {elapsedMs, stepMs}}}
 //                  | {id, type: 'metrics', value: {tokens, elapsedMs, pausedMs, timeToFirstTokenMs,
 //                     decodeTokensPerS}}
+//                  | {id, type: 'progress', value: {progress, component, componentBytes, loadedBytes,
+//                     totalBytes, elapsedMs, etaMs, memoryBytes, source}}   (loadModel)
 //   Every request gets one final reply (result or error); a generateStream's token and metrics
 //   events come before it, with the same id.
 
@@ -99,7 +101,7 @@ function generateOptions(options) {
 }
 
 /** Reply types that are progress events: the request's final reply is still to come. */
-const EVENT_TYPES = ['token', 'metrics'];
+const EVENT_TYPES = ['token', 'metrics', 'progress'];
 
 /**
  * Sends requests to a Worker (anything with postMessage/addEventListener) and resolves each

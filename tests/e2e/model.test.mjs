@@ -162,3 +162,33 @@ test('bad model URLs reject with named errors; the worker keeps answering and mi
     assert.deepEqual(errors.filter((e) => !expected(e)), [], 'no other console errors, page errors or failed requests');
   });
 });
+
+test('loadModel reports progress once per component, monotonic, ending at 1', { timeout: 120_000 }, async () => {
+  const manifest = JSON.parse(await readFile(join(DIST, 'models', 'minilm-l6-q4', 'manifest.json'), 'utf8'));
+  await withHarness(async (page) => {
+    const seen = await page.evaluate(async () => {
+      const acc = new window.accel.IPFSAccelerate();
+      const progress = [];
+      const loaded = [];
+      const model = await acc.loadModel('minilm-l6-q4', {
+        onProgress: (p, component, details) => progress.push({ p, component, details }),
+        onComponentLoaded: (component, stats) => loaded.push({ component, stats }),
+      });
+      return { progress, loaded, totalBytes: model.info.totalBytes };
+    });
+    const names = manifest.components.map((c) => c.name);
+    assert.deepEqual(seen.progress.map((e) => e.component), names, 'every component, once, in load order');
+    assert.deepEqual(seen.loaded.map((e) => e.component), names);
+    const values = seen.progress.map((e) => e.p);
+    assert.deepEqual(values, [...values].sort((a, b) => a - b), 'monotonic');
+    assert.equal(values.at(-1), 1);
+    assert.ok(values[0] > 0);
+    const last = seen.progress.at(-1).details;
+    assert.equal(last.loadedBytes, seen.totalBytes);
+    assert.equal(last.etaMs, 0);
+    for (const { component, stats } of seen.loaded) {
+      assert.equal(stats.bytes, manifest.components.find((c) => c.name === component).bytes);
+      assert.equal(stats.source, 'network');
+    }
+  });
+});

@@ -25,8 +25,8 @@ use web_sys::{Response, WorkerGlobalScope};
 
 use crate::clock::now_ms;
 use crate::models::packed_source::PackedModel;
-use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, GenerateRequest, GenerateResult, LoadedModelInfo, LoadedShard, Reply, Request, StreamControlResult, StreamMetrics, StreamState, StreamToken, WebGpuReport};
-use crate::runtime::{run_generation, shard_url, GenerationHooks, LoadedModel, LoadedModels};
+use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, GenerateRequest, GenerateResult, LoadProgress, LoadedModelInfo, LoadedShard, Reply, Request, StreamControlResult, StreamMetrics, StreamState, StreamToken, WebGpuReport};
+use crate::runtime::{components_completed_by_shard, run_generation, shard_url, GenerationHooks, LoadedModel, LoadedModels};
 use crate::tensor::SharedBytes;
 use crate::WorkerError;
 
@@ -53,7 +53,7 @@ pub async fn handle_message_with_events(message: String, emit: Option<Function>)
             match envelope.request {
                 Request::Capabilities => protocol::reply(id, Ok(capabilities().await)),
                 Request::FetchFile { url } => protocol::reply(id, fetch_file(&url).await),
-                Request::LoadModel { url } => protocol::reply(id, load_model(&url).await),
+                Request::LoadModel { url } => protocol::reply(id, load_model(id, &url, emit.as_ref()).await),
                 Request::Generate(request) => protocol::reply(id, generate(id, &request, None).await),
                 Request::GenerateStream(request) => protocol::reply(id, generate(id, &request, emit).await),
                 Request::Pause { target } => protocol::reply(id, control(target, Command::Pause)),
@@ -69,6 +69,13 @@ pub async fn handle_message_with_events(message: String, emit: Option<Function>)
     serde_json::to_string(&reply).unwrap_or_else(|e| {
         format!(r#"{{"id":0,"type":"error","error":{{"name":"ProtocolError","message":"cannot encode reply: {e}"}}}}"#)
     })
+}
+
+/// Sends one event reply (JSON) to the host, when it listens.
+fn emit_reply(emit: Option<&Function>, reply: &Reply) {
+    if let (Some(emit), Ok(json)) = (emit, serde_json::to_string(reply)) {
+        let _ = emit.call1(&JsValue::NULL, &JsValue::from_str(&json));
+    }
 }
 
 /// What `pause` / `resume` / `cancel` set for one running generation.
@@ -137,10 +144,7 @@ struct WorkerHooks {
 
 impl WorkerHooks {
     fn send(&self, reply: Reply) {
-        let Some(emit) = &self.emit else { return };
-        if let Ok(json) = serde_json::to_string(&reply) {
-            let _ = emit.call1(&JsValue::NULL, &JsValue::from_str(&json));
-        }
+        emit_reply(self.emit.as_ref(), &reply);
     }
 }
 
@@ -291,19 +295,38 @@ async fn download(url: &str, digest: bool) -> Result<Download, WorkerError> {
 /// Downloads the manifest at `url` and every shard beside it, verifies each shard's SHA-256
 /// (WebCrypto; the service worker verified it too, but the engine checks what it runs), builds
 /// the model and keeps it.
-async fn load_model(url: &str) -> Result<LoadedModelInfo, WorkerError> {
+async fn load_model(id: u64, url: &str, emit: Option<&Function>) -> Result<LoadedModelInfo, WorkerError> {
     let start = now_ms();
     let manifest_json = download(url, false).await?.bytes;
-    // Parsed here too, to know which shards to fetch; from_parts parses the same bytes again
-    // (microseconds) and owns the verification.
+    // Parsed here too, to know which shards to fetch; from_verified_parts parses the same bytes
+    // again (microseconds).
     let manifest = sw::Manifest::parse(&manifest_json)?;
+    let completed_by = components_completed_by_shard(&manifest);
     let mut shards = Vec::with_capacity(manifest.shards.len());
     let mut shard_bytes = std::collections::HashMap::new();
-    for info in &manifest.shards {
+    let mut loaded_bytes = 0u64;
+    for (index, info) in manifest.shards.iter().enumerate() {
         let got = download(&shard_url(url, &info.sha256), true).await?;
         if got.sha256.as_ref() != Some(&info.sha256) {
             let actual = got.sha256.map_or_else(|| "no digest".into(), |h| h.to_string());
             return Err(sw::SwError::Integrity { what: shard_url(url, &info.sha256), expected: info.sha256.to_string(), actual }.into());
+        }
+        loaded_bytes += got.bytes.len() as u64;
+        let elapsed_ms = now_ms() - start;
+        let progress = loaded_bytes as f64 / manifest.total_bytes.max(1) as f64;
+        for component in completed_by.get(index).into_iter().flatten() {
+            let event = LoadProgress {
+                progress,
+                component: component.name.clone(),
+                component_bytes: component.bytes,
+                loaded_bytes,
+                total_bytes: manifest.total_bytes,
+                elapsed_ms,
+                eta_ms: if progress >= 1.0 { 0.0 } else { elapsed_ms * (1.0 - progress) / progress.max(1e-9) },
+                memory_bytes: loaded_bytes,
+                source: got.source.clone(),
+            };
+            emit_reply(emit, &Reply::Progress { id, value: event });
         }
         shards.push(LoadedShard { sha256: info.sha256.to_string(), bytes: got.bytes.len() as u64, source: got.source, stored: got.not_stored.is_none(), not_stored: got.not_stored });
         shard_bytes.insert(info.sha256.clone(), SharedBytes::from_vec(got.bytes));

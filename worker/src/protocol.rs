@@ -14,6 +14,7 @@
 //! worker → host   {"id": 7, "type": "result", "value": {...}}
 //!                 {"id": 7, "type": "error", "error": {"name": "FetchError", "message": "..."}}
 //!                 {"id": 12, "type": "token", "value": {"text": " girl", "tokenId": 8180, "index": 0, "timing": {..}}}
+//!                 {"id": 8, "type": "progress", "value": {"progress": 0.3, "component": "layer.4", ...}}   (loadModel)
 //!                 {"id": 12, "type": "metrics", "value": {"tokens": 8, ..}}
 //! ```
 //!
@@ -104,6 +105,31 @@ pub enum Reply {
     /// A progress event of a `generateStream`; the final `result` or `error` follows.
     Token { id: u64, value: StreamToken },
     Metrics { id: u64, value: StreamMetrics },
+    /// A progress event of a `loadModel`: one per component whose bytes have all arrived and
+    /// been verified, in manifest (load) order; the final `result` or `error` follows.
+    Progress { id: u64, value: LoadProgress },
+}
+
+/// One component of a model arrived (see [`Reply::Progress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadProgress {
+    /// Fraction of the model's bytes arrived, 0..=1; the last event of a load says 1.
+    pub progress: f64,
+    /// The component now complete (`tokenizer`, `embeddings`, `layer.0`, …).
+    pub component: String,
+    /// That component's bytes.
+    pub component_bytes: u64,
+    pub loaded_bytes: u64,
+    pub total_bytes: u64,
+    /// Since the load started.
+    pub elapsed_ms: f64,
+    /// At the rate so far; 0 when done.
+    pub eta_ms: f64,
+    /// Shard bytes the engine holds now (what the load has taken so far).
+    pub memory_bytes: u64,
+    /// Where the shard that completed it came from: `store` (IndexedDB) or `network`.
+    pub source: String,
 }
 
 /// One generated token of a `generateStream` (not sent for a final end-of-sequence token,

@@ -274,9 +274,63 @@ pub fn shard_url(manifest_url: &str, shard: &ContentHash) -> String {
     format!("{}{}", &manifest_url[..folder_end], sw::manifest::shard_path(shard))
 }
 
+/// For each shard of `manifest` (in its order, the order a load fetches them), the components
+/// that are complete once it has arrived: those whose last needed shard it is.
+pub fn components_completed_by_shard(manifest: &sw::Manifest) -> Vec<Vec<&sw::manifest::Component>> {
+    let position: HashMap<&ContentHash, usize> = manifest.shards.iter().enumerate().map(|(i, s)| (&s.sha256, i)).collect();
+    let mut by_shard = vec![Vec::new(); manifest.shards.len()];
+    for component in &manifest.components {
+        let tensors = component.tensors.iter().filter_map(|t| manifest.tensor(t)).map(|t| &t.shard);
+        let files = component.files.iter().filter_map(|f| manifest.file(f)).map(|f| &f.shard);
+        if let Some(last) = tensors.chain(files).filter_map(|h| position.get(h)).max() {
+            by_shard[*last].push(component);
+        }
+    }
+    by_shard
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_component_completes_with_its_last_shard_in_load_order() {
+        use sw::manifest::{Component, FileEntry, ShardInfo, TensorEntry, TokenizerRef};
+        let shard = |i: u8| ContentHash::of(&[i]);
+        let tensor = |name: &str, s: u8| TensorEntry { name: name.into(), shape: vec![64], dtype: "f32".into(), shard: shard(s), offset: 0, length: 256 };
+        let component = |name: &str, priority: u32, tensors: &[&str], files: &[&str]| Component {
+            name: name.into(),
+            priority,
+            bytes: 256,
+            tensors: tensors.iter().map(|t| t.to_string()).collect(),
+            files: files.iter().map(|f| f.to_string()).collect(),
+        };
+        let manifest = sw::Manifest {
+            format: sw::manifest::FORMAT.into(),
+            version: sw::manifest::FORMAT_VERSION,
+            name: "m".into(),
+            architecture: "llama".into(),
+            hyperparameters: serde_json::json!({}),
+            precision: "keep".into(),
+            tokenizer: TokenizerRef { component: "tokenizer".into(), file: "tokenizer.json".into(), config: "tokenizer_config.json".into() },
+            // layer.0 straddles shards 0 and 1: it completes with shard 1.
+            tensors: vec![tensor("emb", 0), tensor("l0.a", 0), tensor("l0.b", 1), tensor("l1", 2), tensor("norm", 2)],
+            files: vec![FileEntry { name: "tokenizer.json".into(), shard: shard(0), offset: 0, length: 10 }],
+            components: vec![
+                component("tokenizer", 0, &[], &["tokenizer.json"]),
+                component("embeddings", 1, &["emb"], &[]),
+                component("layer.0", 2, &["l0.a", "l0.b"], &[]),
+                component("layer.1", 3, &["l1"], &[]),
+                component("final_norm", 4, &["norm"], &[]),
+            ],
+            shards: (0..3).map(|i| ShardInfo { sha256: shard(i), bytes: 1024 }).collect(),
+            total_bytes: 3072,
+            mirrors: vec![],
+        };
+        let names = |cs: &Vec<&Component>| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let by_shard: Vec<Vec<String>> = components_completed_by_shard(&manifest).iter().map(names).collect();
+        assert_eq!(by_shard, vec![vec!["tokenizer", "embeddings"], vec!["layer.0"], vec!["layer.1", "final_norm"]]);
+    }
 
     #[test]
     fn shards_are_beside_the_manifest() {
