@@ -15,6 +15,20 @@ const TILE: usize = 4;
 
 /// See [`super::integer::rows_dot_batch`] (which checks the shapes).
 pub fn rows_dot_batch(ty: StorageType, rows: &[u8], row_bytes: usize, batch: &QuantizedBatch, out: &mut [f32]) {
+    // One copy of the loops per storage type, each with `ty` a constant: the per-block branches
+    // on the type (block layout, widening) fold away instead of running for every block.
+    match ty {
+        StorageType::Q4_1 => rows_dot_batch_of(StorageType::Q4_1, rows, row_bytes, batch, out),
+        StorageType::Q4_0 => rows_dot_batch_of(StorageType::Q4_0, rows, row_bytes, batch, out),
+        StorageType::Q8_0 => rows_dot_batch_of(StorageType::Q8_0, rows, row_bytes, batch, out),
+        StorageType::Q3 => rows_dot_batch_of(StorageType::Q3, rows, row_bytes, batch, out),
+        StorageType::Q2 => rows_dot_batch_of(StorageType::Q2, rows, row_bytes, batch, out),
+        other => rows_dot_batch_of(other, rows, row_bytes, batch, out),
+    }
+}
+
+#[inline(always)]
+fn rows_dot_batch_of(ty: StorageType, rows: &[u8], row_bytes: usize, batch: &QuantizedBatch, out: &mut [f32]) {
     let t = batch.tokens;
     for (row, outs) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
         let mut tok = 0;
