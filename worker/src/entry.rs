@@ -274,9 +274,24 @@ struct Download {
 /// GETs `url`. A non-2xx answer is an error named by the service worker when it named one
 /// (`x-accel-error`, see [`WorkerError::from_failed_fetch`]), else a `FetchError`.
 async fn download(url: &str, digest: bool) -> Result<Download, WorkerError> {
-    let failed = |reason: String| WorkerError::Fetch { url: url.to_owned(), reason };
+    let response = response_of(url, start_fetch(url)).await?;
+    read_body(url, response, digest).await
+}
+
+/// Sends a GET for `url`; the request is on its way when this returns.
+fn start_fetch(url: &str) -> JsFuture {
     let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
-    let response: Response = JsFuture::from(scope.fetch_with_str(url)).await.map_err(|e| failed(js_message(&e)))?.unchecked_into();
+    JsFuture::from(scope.fetch_with_str(url))
+}
+
+/// The response to a started fetch (headers; the body may still be arriving).
+async fn response_of(url: &str, pending: JsFuture) -> Result<Response, WorkerError> {
+    let response = pending.await.map_err(|e| WorkerError::Fetch { url: url.to_owned(), reason: js_message(&e) })?;
+    Ok(response.unchecked_into())
+}
+
+async fn read_body(url: &str, response: Response, digest: bool) -> Result<Download, WorkerError> {
+    let failed = |reason: String| WorkerError::Fetch { url: url.to_owned(), reason };
     let header = |name: &str| response.headers().get(name).ok().flatten();
     let body = async {
         let buffer = response.array_buffer().map_err(|e| failed(js_message(&e)))?;
@@ -305,8 +320,18 @@ async fn load_model(id: u64, url: &str, emit: Option<&Function>) -> Result<Loade
     let mut shards = Vec::with_capacity(manifest.shards.len());
     let mut shard_bytes = std::collections::HashMap::new();
     let mut loaded_bytes = 0u64;
+    let urls: Vec<String> = manifest.shards.iter().map(|info| shard_url(url, &info.sha256)).collect();
+    let mut pending = urls.first().map(|u| start_fetch(u));
     for (index, info) in manifest.shards.iter().enumerate() {
-        let got = download(&shard_url(url, &info.sha256), true).await?;
+        let shard = &urls[index];
+        let Some(this) = pending.take() else { break };
+        // Headers mean the service worker is done with this shard (it answers only once the
+        // bytes are verified and stored): ask for the next one now, so it reads shard i+1 while
+        // this thread copies and hashes shard i. The service worker still sees one shard at a
+        // time, in manifest order.
+        let response = response_of(shard, this).await?;
+        pending = urls.get(index + 1).map(|u| start_fetch(u));
+        let got = read_body(shard, response, true).await?;
         if got.sha256.as_ref() != Some(&info.sha256) {
             let actual = got.sha256.map_or_else(|| "no digest".into(), |h| h.to_string());
             return Err(sw::SwError::Integrity { what: shard_url(url, &info.sha256), expected: info.sha256.to_string(), actual }.into());
