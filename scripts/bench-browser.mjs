@@ -247,25 +247,33 @@ async function withBrowser(body) {
   }
 }
 
+/**
+ * Our engine's cold load (fresh profile: every shard from the network) then, after a page
+ * reload, its warm load (from IndexedDB); the model stays in `window.benchModel`.
+ */
+async function coldAndWarmLoad(page, name) {
+  const load = () => withTimeout(page.evaluate(async (name) => {
+    const t0 = performance.now();
+    const acc = new window.accel.IPFSAccelerate();
+    const model = await acc.loadModel(name);
+    window.benchModel = model;
+    return { ms: performance.now() - t0, info: model.info };
+  }, name), 180_000, `accel loadModel(${name})`);
+  const cold = await load();
+  if (!cold.info.shards.every((s) => s.source === 'network')) throw Object.assign(new Error(`cold load took shards from ${cold.info.shards.map((s) => s.source)}`), { name: 'NotColdError' });
+  await reload(page, 'harnessReady');
+  const warm = await load();
+  return { cold, warm, warmFromStore: warm.info.shards.every((s) => s.source === 'store') };
+}
+
 /** Our engine, a text model: cold + warm load, warm-up, one measured generation. */
 async function accelTextTrial(server, state) {
   return withBrowser(async ({ context, sampler }) => {
     const { page, errors } = await openPage(context, `${server.url}/test/harness.html`, 'harnessReady');
     const baselineRss = sampler.now();
     const baselinePss = treePss();
-    const load = () => withTimeout(page.evaluate(async () => {
-      const t0 = performance.now();
-      const acc = new window.accel.IPFSAccelerate();
-      const model = await acc.loadModel('smollm2-135m');
-      window.benchModel = model;
-      return { ms: performance.now() - t0, info: model.info };
-    }), 180_000, 'accel loadModel');
     try {
-      const cold = await load();
-      if (!cold.info.shards.every((s) => s.source === 'network')) throw Object.assign(new Error(`cold load took shards from ${cold.info.shards.map((s) => s.source)}`), { name: 'NotColdError' });
-      await reload(page, 'harnessReady');
-      const warm = await load();
-      const warmFromStore = warm.info.shards.every((s) => s.source === 'store');
+      const { cold, warm, warmFromStore } = await coldAndWarmLoad(page, 'smollm2-135m');
 
       if (!state.prompt) state.prompt = await findPrompt(page);
       const gen = await withTimeout(page.evaluate(async ({ prompt, warmup, maxTokens }) => {
@@ -306,19 +314,8 @@ async function accelEmbedTrial(server) {
     const { page, errors } = await openPage(context, `${server.url}/test/harness.html`, 'harnessReady');
     const baselineRss = sampler.now();
     const baselinePss = treePss();
-    const load = () => withTimeout(page.evaluate(async () => {
-      const t0 = performance.now();
-      const acc = new window.accel.IPFSAccelerate();
-      const model = await acc.loadModel('minilm-l6');
-      window.benchModel = model;
-      return { ms: performance.now() - t0, info: model.info };
-    }), 180_000, 'accel loadModel(minilm-l6)');
     try {
-      const cold = await load();
-      if (!cold.info.shards.every((s) => s.source === 'network')) throw Object.assign(new Error(`cold load took shards from ${cold.info.shards.map((s) => s.source)}`), { name: 'NotColdError' });
-      await reload(page, 'harnessReady');
-      const warm = await load();
-      const warmFromStore = warm.info.shards.every((s) => s.source === 'store');
+      const { cold, warm, warmFromStore } = await coldAndWarmLoad(page, 'minilm-l6');
       const embed = await withTimeout(page.evaluate(async ({ sentences, reps }) => {
         const model = window.benchModel;
         const first = await model.embed(sentences);
