@@ -394,18 +394,24 @@ function rssNote(trials) {
   return `peak_rss_bytes: the peak over each trial (launch → close) of the summed RSS of all Chromium processes (${trials.map((t) => t.peakProcesses).join('/')} at the peak), sampled every ${SAMPLE_MS} ms from /proc/<pid>/statm. Shared pages (libraries, shared memory) count once per process, so it overstates real use: the idle browser with the page open already sums to ${mib(med(r.map((x) => x.baselineRss)))} RSS (median), i.e. the model run added ${mib(med(trials.map((t) => t.peakRss - t.result.baselineRss)))} at the peak. Summed PSS (shared pages split, from smaps_rollup; read only twice per trial, it costs ~30 ms): ${mib(med(r.map((x) => x.baselinePss)))} idle, ${mib(med(r.map((x) => x.endPss)))} at the end of the trial with the model loaded (medians).`;
 }
 
-async function runAccelText(server, opts, state) {
+/** Runs `trial` `reps` times; a failed trial is logged and kept as a note, not fatal. */
+async function runTrials(label, reps, trial) {
   const trials = [];
   const failures = [];
-  for (let i = 0; i < opts.reps; i++) {
-    log(`accel-wasm smollm2-135m: trial ${i + 1}/${opts.reps}`);
+  for (let i = 0; i < reps; i++) {
+    log(`${label}: trial ${i + 1}/${reps}`);
     try {
-      trials.push(await accelTextTrial(server, state));
+      trials.push(await trial());
     } catch (err) {
       failures.push(`trial ${i + 1}: ${errorText(err)}${err.pageErrors?.length ? ` (page: ${err.pageErrors.slice(0, 3).join(' | ')})` : ''}`);
       log(`  failed: ${failures.at(-1)}`);
     }
   }
+  return { trials, failures };
+}
+
+async function runAccelText(server, opts, state) {
+  const { trials, failures } = await runTrials('accel-wasm smollm2-135m', opts.reps, () => accelTextTrial(server, state));
   const r = trials.map((t) => t.result);
   const notes = ['Our engine through the public host API (/host-js/ipfs-accelerate.js on /test/harness.html), WASM SIMD CPU path, one thread (no wasm threads), no WebGPU in the browser.'];
   if (r.length) {
@@ -431,17 +437,7 @@ async function runAccelText(server, opts, state) {
 }
 
 async function runAccelEmbed(server, opts) {
-  const trials = [];
-  const failures = [];
-  for (let i = 0; i < opts.reps; i++) {
-    log(`accel-wasm minilm-l6: trial ${i + 1}/${opts.reps}`);
-    try {
-      trials.push(await accelEmbedTrial(server));
-    } catch (err) {
-      failures.push(`trial ${i + 1}: ${errorText(err)}${err.pageErrors?.length ? ` (page: ${err.pageErrors.slice(0, 3).join(' | ')})` : ''}`);
-      log(`  failed: ${failures.at(-1)}`);
-    }
-  }
+  const { trials, failures } = await runTrials('accel-wasm minilm-l6', opts.reps, () => accelEmbedTrial(server));
   const r = trials.map((t) => t.result);
   const notes = ['Our engine through the public host API, MiniLM-L6 (f32 pack), WASM SIMD CPU path, one thread.'];
   if (r.length) {
@@ -462,17 +458,7 @@ async function runAccelEmbed(server, opts) {
 }
 
 async function runWllama(server, threads, opts, prompt, version) {
-  const trials = [];
-  const failures = [];
-  for (let i = 0; i < opts.reps; i++) {
-    log(`wllama ${threads} thread(s) smollm2-135m: trial ${i + 1}/${opts.reps}`);
-    try {
-      trials.push(await wllamaTrial(server, threads, prompt));
-    } catch (err) {
-      failures.push(`trial ${i + 1}: ${errorText(err)}${err.pageErrors?.length ? ` (page: ${err.pageErrors.slice(0, 3).join(' | ')})` : ''}`);
-      log(`  failed: ${failures.at(-1)}`);
-    }
-  }
+  const { trials, failures } = await runTrials(`wllama ${threads} thread(s) smollm2-135m`, opts.reps, () => wllamaTrial(server, threads, prompt));
   const r = trials.map((t) => t.result);
   const prefill = (g) => (g.timings.prompt_n * 1000) / g.timings.prompt_ms;
   const decode = (g) => ((g.timings.predicted_n - 1) * 1000) / g.timings.predicted_ms;
