@@ -214,14 +214,13 @@ impl Manifest {
     /// The lowest priority among the components with bytes in `shard` (what the cache weighs
     /// it by: a shard holding the tokenizer is worth as much as the tokenizer).
     pub fn shard_priority(&self, shard: &ContentHash) -> u32 {
-        self.components
-            .iter()
-            .filter(|c| {
-                c.tensors.iter().filter_map(|t| self.tensor(t)).any(|t| &t.shard == shard) || c.files.iter().filter_map(|f| self.file(f)).any(|f| &f.shard == shard)
-            })
-            .map(|c| c.priority)
-            .min()
-            .unwrap_or(u32::MAX / 2)
+        self.components.iter().filter(|c| self.component_shards(c).any(|s| s == shard)).map(|c| c.priority).min().unwrap_or(u32::MAX / 2)
+    }
+
+    /// The shards holding `component`'s tensors and files (a shard may repeat).
+    pub fn component_shards<'a>(&'a self, component: &'a Component) -> impl Iterator<Item = &'a ContentHash> + 'a {
+        let tensors = component.tensors.iter().filter_map(|t| self.tensor(t)).map(|t| &t.shard);
+        tensors.chain(component.files.iter().filter_map(|f| self.file(f)).map(|f| &f.shard))
     }
 
     pub fn file(&self, name: &str) -> Option<&FileEntry> {

@@ -157,6 +157,15 @@ pub struct CacheState {
     pub evictions: Vec<Eviction>,
 }
 
+impl CacheState {
+    /// Appends to the eviction log, keeping the newest [`EVICTION_LOG_LEN`].
+    fn log_eviction(&mut self, eviction: Eviction) {
+        self.evictions.push(eviction);
+        let excess = self.evictions.len().saturating_sub(EVICTION_LOG_LEN);
+        self.evictions.drain(..excess);
+    }
+}
+
 const STATE_KEY: &str = "cache";
 
 /// A shard's bytes and how the request was answered.
@@ -400,7 +409,7 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
             Room::Reserved(_) => self.stored_prefix(hash).await?,
             Room::MemoryOnly(_) | Room::Undecided => (Vec::new(), 0),
         };
-        let sink = ChunkSink { cache: self, hash, enabled: Cell::new(matches!(room, Room::Reserved(_))), chunks: Cell::new(prefix.1), models: &models, priority };
+        let sink = ChunkSink { cache: self, hash, enabled: Cell::new(matches!(room, Room::Reserved(_))), chunks: Cell::new(prefix.1), shard_bytes: expected.unwrap_or(0), models: &models, priority };
         let downloaded = download::download(&self.net, &self.platform, hash, expected, &urls, prefix, &sink).await;
         let reserved = match &room {
             Room::Reserved(n) => *n,
@@ -480,11 +489,9 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
                 for victim in &victims {
                     if let Some(meta) = metas.iter().find(|m| &m.record.hash == victim) {
                         self.delete_shard(meta).await?;
-                        state.evictions.push(Eviction { sha256: victim.clone(), bytes: meta.record.bytes, models: meta.record.models.iter().cloned().collect(), at: now, reason: reason.clone() });
+                        state.log_eviction(Eviction { sha256: victim.clone(), bytes: meta.record.bytes, models: meta.record.models.iter().cloned().collect(), at: now, reason: reason.clone() });
                     }
                 }
-                let excess = state.evictions.len().saturating_sub(EVICTION_LOG_LEN);
-                state.evictions.drain(..excess);
                 state.inflation = inflation;
                 self.put_state(&state).await?;
                 Ok(Ok(()))
@@ -522,7 +529,7 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
         let stored = async {
             written?;
             let inflation = self.state().await?.inflation;
-            let mut record = ShardRecord { hash: hash.clone(), bytes: size, last_use: 0.0, uses: 0, priority, models: models.iter().map(|m| m.name.clone()).collect(), score: 0.0 };
+            let mut record = new_record(hash, size, priority, models);
             policy::touch(&mut record, self.platform.now_ms(), inflation);
             let meta = ShardMeta { record, pinned: models.iter().any(|m| m.pinned), state: ShardState::Complete, received: size, chunks: 0 };
             self.put_meta(&meta).await?;
@@ -576,14 +583,12 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
             if meta.record.models.is_empty() {
                 self.delete_shard(&meta).await?;
                 freed += held_bytes(&meta);
-                state.evictions.push(Eviction { sha256: meta.record.hash.clone(), bytes: meta.record.bytes, models: vec![name.to_owned()], at: self.platform.now_ms(), reason: format!("evict {name}") });
+                state.log_eviction(Eviction { sha256: meta.record.hash.clone(), bytes: meta.record.bytes, models: vec![name.to_owned()], at: self.platform.now_ms(), reason: format!("evict {name}") });
                 evicted.push(meta.record.hash.to_string());
             } else {
                 self.put_meta(&meta).await?;
             }
         }
-        let excess = state.evictions.len().saturating_sub(EVICTION_LOG_LEN);
-        state.evictions.drain(..excess);
         self.put_state(&state).await?;
         Ok(json!({ "model": name, "evicted": evicted, "freedBytes": freed }))
     }
@@ -633,6 +638,11 @@ impl<S: RecordStore, N: Network, P: Platform> ShardCache<S, N, P> {
     }
 }
 
+/// The policy's record of a shard not used yet, owned by `models`.
+fn new_record(hash: &ContentHash, bytes: u64, priority: u32, models: &[ModelRecord]) -> ShardRecord {
+    ShardRecord { hash: hash.clone(), bytes, last_use: 0.0, uses: 0, priority, models: models.iter().map(|m| m.name.clone()).collect(), score: 0.0 }
+}
+
 /// Bytes a record holds in storage (a partial holds only what arrived).
 fn held_bytes(meta: &ShardMeta) -> u64 {
     match meta.state {
@@ -670,6 +680,8 @@ struct ChunkSink<'a, S, N, P> {
     /// Off when the shard will not be stored, or after a write failed (quota).
     enabled: Cell<bool>,
     chunks: Cell<u32>,
+    /// The whole shard's size (writing is enabled only when the manifest gave it).
+    shard_bytes: u64,
     models: &'a [ModelRecord],
     priority: u32,
 }
@@ -677,17 +689,8 @@ struct ChunkSink<'a, S, N, P> {
 impl<S: RecordStore, N: Network, P: Platform> ChunkSink<'_, S, N, P> {
     async fn write(&self, index: u32, chunk: &[u8], received: u64) -> Result<(), SwError> {
         self.cache.store.put_bytes(Table::Partials, &chunk_key(self.hash, index), chunk).await?;
-        let record = ShardRecord {
-            hash: self.hash.clone(),
-            bytes: 0,
-            last_use: self.cache.platform.now_ms(),
-            uses: 0,
-            priority: self.priority,
-            models: self.models.iter().map(|m| m.name.clone()).collect(),
-            score: 0.0,
-        };
-        let bytes = self.models.iter().flat_map(|m| &m.shards).find(|s| &s.sha256 == self.hash).map_or(0, |s| s.bytes);
-        let meta = ShardMeta { record: ShardRecord { bytes, ..record }, pinned: false, state: ShardState::Partial, received, chunks: index + 1 };
+        let record = ShardRecord { last_use: self.cache.platform.now_ms(), ..new_record(self.hash, self.shard_bytes, self.priority, self.models) };
+        let meta = ShardMeta { record, pinned: false, state: ShardState::Partial, received, chunks: index + 1 };
         self.cache.put_meta(&meta).await
     }
 }

@@ -280,9 +280,7 @@ pub fn components_completed_by_shard(manifest: &sw::Manifest) -> Vec<Vec<&sw::ma
     let position: HashMap<&ContentHash, usize> = manifest.shards.iter().enumerate().map(|(i, s)| (&s.sha256, i)).collect();
     let mut by_shard = vec![Vec::new(); manifest.shards.len()];
     for component in &manifest.components {
-        let tensors = component.tensors.iter().filter_map(|t| manifest.tensor(t)).map(|t| &t.shard);
-        let files = component.files.iter().filter_map(|f| manifest.file(f)).map(|f| &f.shard);
-        if let Some(last) = tensors.chain(files).filter_map(|h| position.get(h)).max() {
+        if let Some(last) = manifest.component_shards(component).filter_map(|h| position.get(h)).max() {
             by_shard[*last].push(component);
         }
     }
