@@ -82,7 +82,7 @@ async function loadSelected(event) {
     }
     setStatus(status, 'Loading into the engine…', 'hint');
     loaded.get(name)?.model.unload();
-    const model = await acc.loadModel(name);
+    const model = await acc.loadModel(name, { backend: $('backend-select').value });
     loaded.set(name, { model, manifest });
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     const origin = downloaded === 0 ? 'all from this browser\'s cache' : `${mib(downloaded)} downloaded`;
@@ -134,11 +134,14 @@ async function send(event) {
       for await (const token of stream) {
         reply.textContent += token.text;
         count += 1;
+        // The KV cache grows with every token: show it in the memory view now and then.
+        if (count % 16 === 1) renderMemory();
         $('metrics').textContent = `${count} tokens · ${(count / ((performance.now() - started) / 1000)).toFixed(1)} tok/s so far`;
         log.scrollTop = log.scrollHeight;
       }
       const result = await stream.result;
       if (result) $('metrics').textContent = metricsText(result.timings, result.tokenIds.length);
+      renderMemory();
     } else {
       $('metrics').textContent = 'generating…';
       const result = await chatModel.generate(prompt, CHAT_OPTIONS);
@@ -187,22 +190,31 @@ async function compare() {
 
 // ---- memory -------------------------------------------------------------------------------
 
-/** Resident weight bytes by component group, over every loaded model. */
-function residentGroups() {
+/** Bytes the engine holds by component group, over every loaded model (its memory ledger). */
+async function residentGroups() {
   const groups = new Map();
-  for (const { manifest } of loaded.values()) {
-    for (const c of manifest.components) {
-      // Several models at once: prefix the family (smollm2, minilm) to tell their rows apart.
-      const prefix = loaded.size > 1 ? `${manifest.name.split('-')[0]} ` : '';
+  for (const { model, manifest } of loaded.values()) {
+    const usage = await model.getMemoryUsage();
+    // Several models at once: prefix the family (smollm2, minilm) to tell their rows apart.
+    const prefix = loaded.size > 1 ? `${manifest.name.split('-')[0]} ` : '';
+    for (const c of usage.components) {
       const group = `${prefix}${c.name.startsWith('layer.') ? 'layers' : c.name}`;
       groups.set(group, (groups.get(group) ?? 0) + c.bytes);
     }
+    if (usage.kvCacheBytes) groups.set(`${prefix}KV cache`, usage.kvCacheBytes);
   }
   return groups;
 }
 
-function renderMemory() {
-  const groups = residentGroups();
+async function renderMemory() {
+  let groups;
+  try {
+    groups = await residentGroups();
+  } catch (err) {
+    // A model unloaded meanwhile: the next render shows the new state.
+    console.warn('memory view:', err);
+    return;
+  }
   const total = [...groups.values()].reduce((a, b) => a + b, 0);
   memorySamples.push([performance.now(), total]);
   const bars = $('memory-bars');

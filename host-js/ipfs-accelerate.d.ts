@@ -20,6 +20,12 @@ export interface IPFSAccelerateConfig {
   modelsBaseUrl?: string;
   /** Shard-cache size limit in MB; the budget is min(this, free quota − reserve). */
   cacheSizeMB?: number | null;
+  /** false: loadModel with backend 'webgpu' rejects with BackendUnavailableError. */
+  enableWebGPU?: boolean;
+  /** false: the WASM CPU backend is refused (BackendUnavailableError). */
+  enableWasm?: boolean;
+  /** Most MB of weights the engine may hold; a load past it rejects with MemoryLimitError. */
+  maxMemoryUsageMB?: number;
 }
 
 export interface CachedModel {
@@ -122,14 +128,63 @@ export interface LoadedShard {
   notStored?: string;
 }
 
+export interface ComponentInfo {
+  name: string;
+  bytes: number;
+  priority: number;
+}
+
 export interface LoadedModelInfo {
   modelId: string;
   name: string;
   architecture: string;
   kind: 'text' | 'embedding';
   totalBytes: number;
+  /** In load order. */
+  components: ComponentInfo[];
+  /** What waitForMinimumViableModel() waits for. */
+  minimumViable: string[];
+  /** Set once every component is resident (a progressive load's `model.loaded`). */
+  loadMs?: number;
+  shards?: LoadedShard[];
+}
+
+export interface ComponentMemory {
+  name: string;
+  /** Held by the engine now (0 once unloaded). */
+  bytes: number;
+  /** The component's bytes in the pack. */
+  packedBytes: number;
+  resident: boolean;
+}
+
+/** The engine's memory ledger for one model. */
+export interface MemoryUsage {
+  modelId: string;
+  /** weightsBytes + kvCacheBytes. */
+  totalBytes: number;
+  weightsBytes: number;
+  /** KV caches of the generations running now. */
+  kvCacheBytes: number;
+  packedBytes: number;
+  /** The same tensors at f16. */
+  originalBytes: number;
+  /** 1 − weightsBytes / originalBytes. */
+  reduction: number;
+  components: ComponentMemory[];
+  /** Everything the engine's heap holds (all models), counted by its allocator. */
+  engineHeapBytes?: number;
+}
+
+export interface PerformanceMetrics {
   loadMs: number;
-  shards: LoadedShard[];
+  minimumViableMs: number;
+  generations: number;
+  tokensGenerated: number;
+  /** Of the last generation. */
+  timeToFirstTokenMs: number;
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
 }
 
 export interface GenerateOptions {
@@ -200,7 +255,13 @@ export interface GenerateResult {
   tokenIds: number[];
   promptTokenIds: number[];
   stopReason: 'eos' | 'stopSequence' | 'maxTokens' | 'contextFull' | 'cancelled';
-  timings: { prefillTokensPerS: number; decodeTokensPerS: number; timeToFirstTokenMs: number };
+  timings: {
+    prefillTokensPerS: number;
+    decodeTokensPerS: number;
+    timeToFirstTokenMs: number;
+    /** Only when generation started before the model was fully resident. Times are ms since the epoch. */
+    progressive?: { layerDoneAtMs: number[]; waitedMs: number; firstTokenAtMs: number };
+  };
 }
 
 export interface Embeddings {
@@ -210,9 +271,18 @@ export interface Embeddings {
 
 export class Model {
   readonly info: LoadedModelInfo;
+  /** Resolves to the completed info once every component is resident. */
+  readonly loaded: Promise<LoadedModelInfo>;
   generate(prompt: string, options?: GenerateOptions): Promise<GenerateResult>;
   generateStream(prompt: string, options?: GenerateStreamOptions): GenerationStream;
   embed(texts: string | string[]): Promise<Embeddings>;
+  /** Tokenizer, embeddings and first layer resident (every component for an embedding model). */
+  waitForMinimumViableModel(): Promise<string[]>;
+  waitForComponents(components: Iterable<string>): Promise<string[]>;
+  getMemoryUsage(): Promise<MemoryUsage>;
+  getLoadedComponents(): Promise<string[]>;
+  unloadComponent(component: string): Promise<{ modelId: string; component: string; freedBytes: number }>;
+  getPerformanceMetrics(): Promise<PerformanceMetrics>;
   unload(): Promise<void>;
 }
 
@@ -224,15 +294,19 @@ export interface LoadProgressDetails {
   totalBytes: number;
   elapsedMs: number;
   etaMs: number;
-  /** Shard bytes the engine holds so far. */
+  /** Bytes of the model's components resident in the engine so far. */
   memoryBytes: number;
   source: 'store' | 'network';
 }
 
 export interface LoadOptions {
-  /** Once per component, in load order, when its bytes have arrived and been verified; progress is monotonic and ends at 1. */
+  /** Once per component, in load order, when it is resident (bytes arrived and verified); progress is monotonic and ends at 1. */
   onProgress?: (progress: number, component: string, details: LoadProgressDetails) => void;
   onComponentLoaded?: (component: string, stats: { bytes: number; elapsedMs: number; source: 'store' | 'network' }) => void;
+  /** Resolve as soon as the manifest is valid; parts arrive after (see Model.waitForComponents). */
+  progressive?: boolean;
+  /** Default 'auto'. A backend that cannot run here rejects with BackendUnavailableError. */
+  backend?: 'auto' | 'wasm' | 'webgpu';
 }
 
 export class IPFSAccelerate {

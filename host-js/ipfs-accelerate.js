@@ -18,6 +18,12 @@ const DEFAULTS = {
   modelsBaseUrl: new URL('../models/', import.meta.url).href,
   /** Size limit of the shard cache in MB (undefined: leave the service worker's setting alone). */
   cacheSizeMB: undefined,
+  /** Most MB of model weights the engine may hold; a load past it rejects (MemoryLimitError). */
+  maxMemoryUsageMB: undefined,
+  /** false: `backend: 'webgpu'` is refused (BackendUnavailableError). */
+  enableWebGPU: true,
+  /** false: the WASM CPU backend is refused. */
+  enableWasm: true,
 };
 
 export class IPFSAccelerate {
@@ -79,28 +85,64 @@ export class IPFSAccelerate {
    * (`'smollm2-135m'` → `<modelsBaseUrl>smollm2-135m/manifest.json`) or a manifest URL,
    * absolute or relative to the page.
    *
-   * `options.onProgress(progress, component, details)` is called once per component, in load
-   * order, when its bytes have all arrived and been verified: `progress` (0..1, monotonic, 1 at
-   * the end), the component's name, and `details` {componentBytes, loadedBytes, totalBytes,
-   * elapsedMs, etaMs, memoryBytes, source}. `options.onComponentLoaded(component, stats)` follows
-   * each with {bytes, elapsedMs, source}.
+   * Options:
+   * - `onProgress(progress, component, details)`: once per component, in load order, when it
+   *   is resident in the engine (bytes arrived, verified, in its own buffer): `progress` (0..1,
+   *   monotonic, 1 at the end), the component's name, and `details` {componentBytes,
+   *   loadedBytes, totalBytes, elapsedMs, etaMs, memoryBytes, source}.
+   *   `onComponentLoaded(component, stats)` follows each with {bytes, elapsedMs, source}.
+   * - `progressive: true`: resolve as soon as the manifest is valid, with the rest still
+   *   arriving. `model.waitForMinimumViableModel()` / `model.waitForComponents([...])` wait for
+   *   parts, `model.loaded` for all; `generate()` may be called at any time and computes each
+   *   layer as soon as it is resident. By default the promise resolves when everything is in.
+   * - `backend`: 'auto' (default), 'wasm', or 'webgpu'; one that cannot run here rejects with
+   *   a BackendUnavailableError.
    */
   async loadModel(nameOrManifestUrl, options = {}) {
-    const { onProgress, onComponentLoaded } = options ?? {};
-    const onEvent = ({ type, value }) => {
-      if (type !== 'progress') return;
-      onProgress?.(value.progress, value.component, value);
-      onComponentLoaded?.(value.component, { bytes: value.componentBytes, elapsedMs: value.elapsedMs, source: value.source });
-    };
+    const { onProgress, onComponentLoaded, progressive = false, backend } = options ?? {};
+    if (backend === 'webgpu' && this.config.enableWebGPU === false) {
+      throw new AccelerateError('BackendUnavailableError', "backend 'webgpu' was asked for, but this IPFSAccelerate was created with enableWebGPU: false");
+    }
+    if (backend !== 'webgpu' && this.config.enableWasm === false) {
+      throw new AccelerateError('BackendUnavailableError', 'this IPFSAccelerate was created with enableWasm: false, and the WASM CPU backend is the only one this build runs; allow it or pass backend: \'webgpu\' where that backend exists');
+    }
     await this.ready();
-    const info = await this._channel.send(requests.loadModel(this.manifestUrl(nameOrManifestUrl)), onEvent).result;
-    return new Model({
+    const transport = {
       request: (body) => this.#request(body),
       send: async (body, onEvent) => {
         await this.ready();
         return this._channel.send(body, onEvent);
       },
-    }, info);
+    };
+    let model = null;
+    let resolveStarted;
+    const started = new Promise((resolve) => { resolveStarted = resolve; });
+    const onEvent = ({ type, value }) => {
+      if (type === 'started') {
+        model = new Model(transport, value);
+        resolveStarted(model);
+      } else if (type === 'progress') {
+        onProgress?.(value.progress, value.component, value);
+        onComponentLoaded?.(value.component, { bytes: value.componentBytes, elapsedMs: value.elapsedMs, source: value.source });
+      }
+    };
+    const { maxMemoryUsageMB } = this.config;
+    const maxMemoryBytes = maxMemoryUsageMB === undefined || maxMemoryUsageMB === null ? undefined : Math.floor(maxMemoryUsageMB * 1024 * 1024);
+    const result = this._channel.send(requests.loadModel(this.manifestUrl(nameOrManifestUrl), { backend, maxMemoryBytes }), onEvent).result;
+    const loaded = result.then((info) => {
+      model ??= new Model(transport, info);
+      Object.assign(model.info, info);
+      return model.info;
+    });
+    if (!progressive) {
+      await loaded;
+      return model;
+    }
+    loaded.catch(() => {}); // observed through model.loaded
+    // The load fails before `started` (bad URL, bad manifest) or it resolves with the model.
+    const early = await Promise.race([started, result.then(() => started)]);
+    early.loaded = loaded;
+    return early;
   }
 
   /** The absolute manifest URL `loadModel` fetches for a model name or URL. */
@@ -129,12 +171,16 @@ function ensureTrailingSlash(url) {
 
 /**
  * A model loaded in the engine worker (from `acc.loadModel`). `info` is the worker's load
- * report: `{modelId, name, architecture, kind: 'text' | 'embedding', totalBytes, loadMs,
- * shards: [{sha256, bytes, source, stored, notStored?}]}`.
+ * report: `{modelId, name, architecture, kind: 'text' | 'embedding', totalBytes, components:
+ * [{name, bytes, priority}], minimumViable: [names]}`, completed once everything is in with
+ * `{loadMs, shards: [{sha256, bytes, source, stored, notStored?}]}`. `loaded` (a progressive
+ * load's) resolves to the completed info.
  */
 export class Model {
   #transport;
   #unloaded = false;
+  /** Resolves to the completed `info` once every component is resident. */
+  loaded;
 
   /**
    * `transport`: `{request(body) -> Promise<value>, send(body, onEvent) -> {id, result}` (or
@@ -143,7 +189,59 @@ export class Model {
    */
   constructor(transport, info) {
     this.#transport = typeof transport === 'function' ? { request: transport } : transport;
-    this.info = info;
+    this.info = { ...info };
+    this.loaded = Promise.resolve(this.info);
+  }
+
+  /**
+   * Resolves once the tokenizer, the embeddings and the first layer are resident (every
+   * component, for an embedding model): `generate()` can start then and computes each later
+   * layer as it arrives. Resolves to the resident component names.
+   */
+  async waitForMinimumViableModel() {
+    return this.waitForComponents(this.info.minimumViable ?? []);
+  }
+
+  /**
+   * Resolves (to the resident component names) once every named component is resident;
+   * rejects if the load fails, or with InvalidParameterError for a name the model lacks.
+   */
+  async waitForComponents(components) {
+    const { resident } = await this.#transport.request(requests.waitForComponents(this.info.modelId, Array.from(components)));
+    return resident;
+  }
+
+  /**
+   * The engine's memory ledger for this model: `{totalBytes, weightsBytes, kvCacheBytes,
+   * packedBytes, originalBytes (the same tensors at f16), reduction, components: [{name,
+   * bytes, packedBytes, resident}], engineHeapBytes}`. Bytes are what the engine allocated (the
+   * tokenizer's tables measured by its allocator); the KV cache is that of running generations.
+   */
+  async getMemoryUsage() {
+    return this.#transport.request(requests.memoryUsage(this.info.modelId));
+  }
+
+  /** Names of the components resident now, in load order. */
+  async getLoadedComponents() {
+    const usage = await this.getMemoryUsage();
+    return usage.components.filter((c) => c.resident).map((c) => c.name);
+  }
+
+  /**
+   * Frees one component's memory in the engine (`'layer.29'`, `'embeddings'`, ...). Resolves
+   * `{modelId, component, freedBytes}`. Requests that need it then reject with
+   * ComponentNotLoadedError; load the model again to get it back.
+   */
+  async unloadComponent(component) {
+    return this.#transport.request(requests.unloadComponent(this.info.modelId, String(component)));
+  }
+
+  /**
+   * `{loadMs, minimumViableMs, generations, tokensGenerated, timeToFirstTokenMs,
+   * prefillTokensPerS, decodeTokensPerS}`: the load, and the last generation's rates.
+   */
+  async getPerformanceMetrics() {
+    return this.#transport.request(requests.performanceMetrics(this.info.modelId));
   }
 
   /**

@@ -2,19 +2,24 @@
 // both sides' tests parse tests/fixtures/protocol.json.
 //
 //   host -> worker   {id, type: 'capabilities'} | {id, type: 'fetchFile', url}
-//                  | {id, type: 'loadModel', url}            (absolute manifest.json URL)
+//                  | {id, type: 'loadModel', url, backend?, maxMemoryBytes?}  (absolute manifest URL)
 //                  | {id, type: 'generate', modelId, prompt, maxTokens?, temperature?, topK?,
 //                     topP?, seed?, chat?}
 //                  | {id, type: 'embed', modelId, texts}
 //                  | {id, type: 'unloadModel', modelId}
 //                  | {id, type: 'generateStream', ...as generate}
 //                  | {id, type: 'pause' | 'resume', target} | {id, type: 'cancel', target, reason?}
+//                  | {id, type: 'waitForComponents', modelId, components}
+//                  | {id, type: 'unloadComponent', modelId, component}
+//                  | {id, type: 'memoryUsage' | 'performanceMetrics', modelId}
 //   worker -> host   {id, type: 'result', value} | {id, type: 'error', error: {name, message}}
 //                  | {id, type: 'token', value: {text, tokenId, index, timing: {elapsedMs, stepMs}}}
 //                  | {id, type: 'metrics', value: {tokens, elapsedMs, pausedMs, timeToFirstTokenMs,
 //                     decodeTokensPerS}}
 //                  | {id, type: 'progress', value: {progress, component, componentBytes, loadedBytes,
 //                     totalBytes, elapsedMs, etaMs, memoryBytes, source}}   (loadModel)
+//                  | {id, type: 'started', value: {modelId, name, architecture, kind, totalBytes,
+//                     components: [{name, bytes, priority}], minimumViable}}   (loadModel, first)
 //   Every request gets one final reply (result or error); a generateStream's token and metrics
 //   events come before it, with the same id.
 
@@ -57,7 +62,12 @@ export function errorFromPayload({ name, message }) {
 export const requests = {
   capabilities: () => ({ type: 'capabilities' }),
   fetchFile: (url) => ({ type: 'fetchFile', url }),
-  loadModel: (url) => ({ type: 'loadModel', url }),
+  loadModel: (url, { backend, maxMemoryBytes } = {}) => ({
+    type: 'loadModel',
+    url,
+    ...(backend === undefined || backend === null ? {} : { backend }),
+    ...(maxMemoryBytes === undefined || maxMemoryBytes === null ? {} : { maxMemoryBytes }),
+  }),
   /** Only the options given are sent; the worker fills in the rest (greedy, 128 tokens). */
   generate: (modelId, prompt, options = {}) => ({ type: 'generate', modelId, prompt, ...generateOptions(options) }),
   embed: (modelId, texts) => ({ type: 'embed', modelId, texts }),
@@ -67,6 +77,10 @@ export const requests = {
   /** Control a running generate / generateStream by its request id. */
   pause: (target) => ({ type: 'pause', target }),
   resume: (target) => ({ type: 'resume', target }),
+  waitForComponents: (modelId, components) => ({ type: 'waitForComponents', modelId, components }),
+  unloadComponent: (modelId, component) => ({ type: 'unloadComponent', modelId, component }),
+  memoryUsage: (modelId) => ({ type: 'memoryUsage', modelId }),
+  performanceMetrics: (modelId) => ({ type: 'performanceMetrics', modelId }),
   cancel: (target, reason) => (reason === undefined || reason === null ? { type: 'cancel', target } : { type: 'cancel', target, reason: reasonText(reason) }),
 };
 
@@ -101,7 +115,7 @@ function generateOptions(options) {
 }
 
 /** Reply types that are progress events: the request's final reply is still to come. */
-const EVENT_TYPES = ['token', 'metrics', 'progress'];
+const EVENT_TYPES = ['token', 'metrics', 'progress', 'started'];
 
 /**
  * Sends requests to a Worker (anything with postMessage/addEventListener) and resolves each

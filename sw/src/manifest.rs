@@ -227,12 +227,43 @@ impl Manifest {
         self.files.iter().find(|f| f.name == name)
     }
 
+    /// Where `component`'s bytes are: per shard (in manifest shard order), the one byte range
+    /// covering its tensors and files there. A component's tensors are contiguous in the
+    /// pack, so the range holds nothing of other components in practice; a loader copies each
+    /// range into the component's own buffer, which it can then free on its own.
+    pub fn component_ranges(&self, component: &Component) -> Vec<ShardRange> {
+        let tensors = component.tensors.iter().filter_map(|t| self.tensor(t)).map(|t| (&t.shard, t.offset, t.length));
+        let files = component.files.iter().filter_map(|f| self.file(f)).map(|f| (&f.shard, f.offset, f.length));
+        let mut ranges: Vec<ShardRange> = Vec::new();
+        for (shard, offset, length) in tensors.chain(files) {
+            let end = offset.saturating_add(length);
+            match ranges.iter_mut().find(|r| &r.shard == shard) {
+                Some(r) => {
+                    r.start = r.start.min(offset);
+                    r.end = r.end.max(end);
+                }
+                None => ranges.push(ShardRange { shard: shard.clone(), start: offset, end }),
+            }
+        }
+        let position = |h: &ContentHash| self.shards.iter().position(|s| &s.sha256 == h).unwrap_or(usize::MAX);
+        ranges.sort_by_key(|r| position(&r.shard));
+        ranges
+    }
+
     /// Pretty JSON with a trailing newline; the same manifest always gives the same bytes.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
     }
+}
+
+/// Bytes `start..end` of one shard (see [`Manifest::component_ranges`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRange {
+    pub shard: ContentHash,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// A character a model name may hold: it names a directory and a URL path segment.

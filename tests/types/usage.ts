@@ -3,7 +3,7 @@
 // lines must fail to type-check: they prove the declarations reject misuse, not just accept
 // anything.
 import { AccelerateError, IPFSAccelerate } from '../../host-js/ipfs-accelerate.js';
-import type { GenerateResult, LoadedModelInfo, Model, StreamToken } from '../../host-js/ipfs-accelerate.js';
+import type { GenerateResult, LoadedModelInfo, MemoryUsage, Model, StreamToken } from '../../host-js/ipfs-accelerate.js';
 
 export async function usage(): Promise<void> {
   const acc = new IPFSAccelerate({ cacheSizeMB: 512, modelsBaseUrl: '/models/' });
@@ -16,7 +16,20 @@ export async function usage(): Promise<void> {
     onComponentLoaded: (component, stats) => console.log(component, stats.bytes),
   });
   const info: LoadedModelInfo = lm.info;
-  const fromCache: boolean = info.shards.every((s) => s.source === 'store' && s.stored);
+  const fromCache: boolean = (info.shards ?? []).every((s) => s.source === 'store' && s.stored);
+
+  // Progressive: start generating while the last layers still download.
+  const early: Model = await acc.loadModel('smollm2-135m', { progressive: true, backend: 'auto' });
+  const resident: string[] = await early.waitForMinimumViableModel();
+  const soon = early.generate('Once upon a time', { maxTokens: 8 });
+  await early.waitForComponents(['layer.29']);
+  const loadedInfo: LoadedModelInfo = await early.loaded;
+  const layerTimes: number[] = (await soon).timings.progressive?.layerDoneAtMs ?? [];
+  const usage: MemoryUsage = await early.getMemoryUsage();
+  const freed: number = (await early.unloadComponent('layer.29')).freedBytes;
+  const components: string[] = await early.getLoadedComponents();
+  const ttft: number = (await early.getPerformanceMetrics()).timeToFirstTokenMs;
+  console.log(resident, loadedInfo.loadMs, layerTimes, usage.totalBytes - usage.kvCacheBytes, freed, components, ttft);
 
   const controller = new AbortController();
   const out: GenerateResult = await lm.generate('Once upon a time', { maxTokens: 32, temperature: 0, signal: controller.signal });
@@ -63,6 +76,10 @@ export async function usage(): Promise<void> {
   await mini.embed([1, 2]);
   // @ts-expect-error there is no cache.delete (it is evict)
   await acc.cache.delete('minilm-l6');
+  // @ts-expect-error there is no 'cuda' backend
+  await acc.loadModel('m', { backend: 'cuda' });
+  // @ts-expect-error unloadComponent takes one component name
+  await lm.unloadComponent(['layer.0']);
   // @ts-expect-error onProgress's progress is a number
   await acc.loadModel('m', { onProgress: (progress: string) => progress });
 }

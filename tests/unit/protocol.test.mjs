@@ -33,6 +33,11 @@ test('request builders produce exactly the fixture messages', () => {
     requests.resume(8),
     requests.cancel(8, 'the user pressed stop'),
     requests.cancel(8),
+    requests.loadModel('http://127.0.0.1:8080/models/smollm2-135m/manifest.json', { backend: 'webgpu', maxMemoryBytes: 536870912 }),
+    requests.waitForComponents('smollm2-135m#1', ['tokenizer', 'embeddings', 'layer.0']),
+    requests.unloadComponent('smollm2-135m#1', 'layer.29'),
+    requests.memoryUsage('smollm2-135m#1'),
+    requests.performanceMetrics('smollm2-135m#1'),
   ];
   assert.deepEqual(built.map((body, i) => ({ id: i + 1, ...body })), fixtures.requests);
 });

@@ -18,5 +18,14 @@ pub fn now_ms() -> f64 {
         .unwrap_or_else(js_sys::Date::now)
 }
 
+/// Milliseconds since the Unix epoch (wall clock: comparable across processes, e.g. with a
+/// server's request log).
+pub fn epoch_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    return js_sys::Date::now();
+    #[cfg(not(target_arch = "wasm32"))]
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen::JsCast;

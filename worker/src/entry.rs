@@ -24,10 +24,9 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Response, WorkerGlobalScope};
 
 use crate::clock::now_ms;
-use crate::models::packed_source::PackedModel;
-use crate::protocol::{self, AdapterSummary, Capabilities, FetchedFile, GenerateRequest, GenerateResult, LoadProgress, LoadedModelInfo, LoadedShard, Reply, Request, StreamControlResult, StreamMetrics, StreamState, StreamToken, WebGpuReport};
-use crate::runtime::{components_completed_by_shard, run_generation, shard_url, GenerationHooks, LoadedModel, LoadedModels};
-use crate::tensor::SharedBytes;
+use crate::model_slot::{LoadState, ModelSlot, TOKENIZER};
+use crate::protocol::{self, AdapterSummary, Capabilities, ComponentInfo, FetchedFile, GenerateRequest, GenerateResult, LoadProgress, LoadStarted, LoadedModelInfo, LoadedShard, ModelKind, Reply, Request, ResidentComponents, StreamControlResult, StreamMetrics, StreamState, StreamToken, UnloadedComponent, WebGpuReport};
+use crate::runtime::{embed_with, prepare_generation, run_generation, shard_url, GenerationHooks, LoadedModels};
 use crate::WorkerError;
 
 thread_local! {
@@ -53,14 +52,21 @@ pub async fn handle_message_with_events(message: String, emit: Option<Function>)
             match envelope.request {
                 Request::Capabilities => protocol::reply(id, Ok(capabilities().await)),
                 Request::FetchFile { url } => protocol::reply(id, fetch_file(&url).await),
-                Request::LoadModel { url } => protocol::reply(id, load_model(id, &url, emit.as_ref()).await),
+                Request::LoadModel { url, backend, max_memory_bytes } => protocol::reply(id, load_model(id, &url, backend.as_deref(), max_memory_bytes, emit.as_ref()).await),
                 Request::Generate(request) => protocol::reply(id, generate(id, &request, None).await),
                 Request::GenerateStream(request) => protocol::reply(id, generate(id, &request, emit).await),
                 Request::Pause { target } => protocol::reply(id, control(target, Command::Pause)),
                 Request::Resume { target } => protocol::reply(id, control(target, Command::Resume)),
                 Request::Cancel { target, reason: _ } => protocol::reply(id, control(target, Command::Cancel)),
-                Request::Embed { model_id, texts } => protocol::reply(id, MODELS.with(|m| m.borrow().embed(&model_id, &texts))),
+                Request::Embed { model_id, texts } => protocol::reply(id, embed(&model_id, &texts).await),
                 Request::UnloadModel { model_id } => protocol::reply(id, MODELS.with(|m| m.borrow_mut().unload(&model_id))),
+                Request::WaitForComponents { model_id, components } => protocol::reply(id, wait_for_components(&model_id, &components).await),
+                Request::UnloadComponent { model_id, component } => protocol::reply(
+                    id,
+                    slot(&model_id).and_then(|s| s.unload_component(&component)).map(|freed_bytes| UnloadedComponent { model_id, component, freed_bytes }),
+                ),
+                Request::MemoryUsage { model_id } => protocol::reply(id, slot(&model_id).map(|s| s.memory_usage())),
+                Request::PerformanceMetrics { model_id } => protocol::reply(id, slot(&model_id).map(|s| s.metrics.borrow().clone())),
             }
         }
         // Without an id the host cannot route the reply; id 0 is reserved for exactly this.
@@ -124,10 +130,32 @@ fn control(target: u64, command: Command) -> Result<StreamControlResult, WorkerE
     Ok(StreamControlResult { target, state })
 }
 
+fn slot(model_id: &str) -> Result<Rc<ModelSlot>, WorkerError> {
+    MODELS.with(|m| m.borrow().slot(model_id))
+}
+
+async fn wait_for_components(model_id: &str, components: &[String]) -> Result<ResidentComponents, WorkerError> {
+    let slot = slot(model_id)?;
+    let names: Vec<&str> = components.iter().map(String::as_str).collect();
+    slot.wait_for(&names).await?;
+    Ok(ResidentComponents { model_id: model_id.to_owned(), resident: slot.resident_components() })
+}
+
+/// Embeds once the whole model is resident (an embedding model needs every layer).
+async fn embed(model_id: &str, texts: &[String]) -> Result<protocol::Embeddings, WorkerError> {
+    let model = slot(model_id)?.wait_ready().await?;
+    embed_with(&model, model_id, texts)
+}
+
 /// Runs a generation registered under its request id (so it can be paused and cancelled),
-/// sending `token` / `metrics` events through `emit` when given.
+/// sending `token` / `metrics` events through `emit` when given. A model still loading is
+/// used as it arrives: the prompt goes through each layer once that layer is resident.
 async fn generate(id: u64, request: &GenerateRequest, emit: Option<Function>) -> Result<GenerateResult, WorkerError> {
-    let prepared = MODELS.with(|m| m.borrow().prepare_generation(request))?;
+    let slot = slot(&request.model_id)?;
+    if slot.kind() == ModelKind::Text && !slot.component_names().is_empty() {
+        slot.wait_for(&[TOKENIZER]).await?;
+    }
+    let prepared = prepare_generation(&slot, request)?;
     let control = Rc::new(Control::default());
     RUNNING.with(|r| r.borrow_mut().insert(id, control.clone()));
     let mut hooks = WorkerHooks { id, emit, control };
@@ -260,9 +288,10 @@ async fn probe_webgpu(navigator: &JsValue) -> WebGpuReport {
     }
 }
 
-/// One successful download: the body and the headers the service worker adds.
+/// One successful download: the body (still in JS memory) and the headers the service worker
+/// adds.
 struct Download {
-    bytes: Vec<u8>,
+    body: Uint8Array,
     /// SHA-256 of the body, by WebCrypto (before the copy into wasm memory).
     sha256: Option<sw::ContentHash>,
     /// `x-accel-source`; `"network"` when no service worker answered.
@@ -304,21 +333,65 @@ async fn read_body(url: &str, response: Response, digest: bool) -> Result<Downlo
     }
     let body = body.await?;
     let sha256 = if digest { Some(sw::webcrypto::sha256(&body).await?) } else { None };
-    Ok(Download { bytes: body.to_vec(), sha256, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
+    Ok(Download { body, sha256, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
 }
 
-/// Downloads the manifest at `url` and every shard beside it, verifies each shard's SHA-256
-/// (WebCrypto; the service worker verified it too, but the engine checks what it runs), builds
-/// the model and keeps it.
-async fn load_model(id: u64, url: &str, emit: Option<&Function>) -> Result<LoadedModelInfo, WorkerError> {
+/// Refuses a backend this worker cannot run. `auto` runs on the CPU (WASM SIMD) until the
+/// WebGPU backend is built into the worker.
+async fn check_backend(backend: Option<&str>) -> Result<(), WorkerError> {
+    match backend.unwrap_or("auto") {
+        "auto" | "wasm" | "cpu" => Ok(()),
+        name @ ("webgpu" | "gpu") => {
+            let navigator = get(&js_sys::global(), "navigator");
+            let report = probe_webgpu(&navigator).await;
+            let reason = match report.reason {
+                Some(reason) => reason,
+                None => "this build of the engine has no WebGPU backend yet (the WASM CPU backend runs every model)".into(),
+            };
+            Err(WorkerError::BackendUnavailable { backend: name.to_owned(), reason })
+        }
+        other => Err(WorkerError::InvalidParameter { reason: format!("unknown backend {other:?}; use 'auto', 'wasm' or 'webgpu'") }),
+    }
+}
+
+/// Downloads the manifest at `url`, registers the model (a `started` event: its id is usable
+/// from now on), then downloads every shard beside it in manifest order, verifies each
+/// (WebCrypto; the service worker verified it too, but the engine checks what it runs),
+/// copies each component's bytes into a buffer of its own and reports it resident.
+async fn load_model(id: u64, url: &str, backend: Option<&str>, max_memory_bytes: Option<u64>, emit: Option<&Function>) -> Result<LoadedModelInfo, WorkerError> {
+    check_backend(backend).await?;
     let start = now_ms();
-    let manifest_json = download(url, false).await?.bytes;
-    // Parsed here too, to know which shards to fetch; from_verified_parts parses the same bytes
-    // again (microseconds).
+    let manifest_json = download(url, false).await?.body.to_vec();
+    let slot = MODELS.with(|m| m.borrow_mut().start_load(&manifest_json, max_memory_bytes))?;
     let manifest = sw::Manifest::parse(&manifest_json)?;
-    let completed_by = components_completed_by_shard(&manifest);
+    let outcome = fill_slot(id, url, &slot, manifest, start, emit).await;
+    if let Err(err) = &outcome {
+        // A failed load leaves nothing behind: waiters get the error, the id is gone.
+        slot.fail(err.clone());
+        MODELS.with(|m| {
+            let mut models = m.borrow_mut();
+            if models.slot(&slot.model_id).is_ok_and(|s| Rc::ptr_eq(&s, &slot)) {
+                let _ = models.unload(&slot.model_id);
+            }
+        });
+    }
+    outcome
+}
+
+async fn fill_slot(id: u64, url: &str, slot: &Rc<ModelSlot>, manifest: sw::Manifest, start: f64, emit: Option<&Function>) -> Result<LoadedModelInfo, WorkerError> {
+    let minimum_viable = slot.minimum_viable_components();
+    let started = LoadStarted {
+        model_id: slot.model_id.clone(),
+        name: manifest.name.clone(),
+        architecture: manifest.architecture.clone(),
+        kind: slot.kind(),
+        total_bytes: manifest.total_bytes,
+        components: manifest.components.iter().map(|c| ComponentInfo { name: c.name.clone(), bytes: c.bytes, priority: c.priority }).collect(),
+        minimum_viable: minimum_viable.clone(),
+    };
+    emit_reply(emit, &Reply::Started { id, value: started });
+
     let mut shards = Vec::with_capacity(manifest.shards.len());
-    let mut shard_bytes = std::collections::HashMap::new();
     let mut loaded_bytes = 0u64;
     let urls: Vec<String> = manifest.shards.iter().map(|info| shard_url(url, &info.sha256)).collect();
     let mut pending = urls.first().map(|u| start_fetch(u));
@@ -332,39 +405,46 @@ async fn load_model(id: u64, url: &str, emit: Option<&Function>) -> Result<Loade
         let response = response_of(shard, this).await?;
         pending = urls.get(index + 1).map(|u| start_fetch(u));
         let got = read_body(shard, response, true).await?;
-        if got.sha256.as_ref() != Some(&info.sha256) {
+        if slot.state() == LoadState::Unloaded {
+            return Err(WorkerError::Aborted { reason: format!("model {} was unloaded while it was loading", slot.model_id) });
+        }
+        if got.sha256.as_ref() != Some(&info.sha256) || got.body.length() as u64 != info.bytes {
             let actual = got.sha256.map_or_else(|| "no digest".into(), |h| h.to_string());
             return Err(sw::SwError::Integrity { what: shard_url(url, &info.sha256), expected: info.sha256.to_string(), actual }.into());
         }
-        loaded_bytes += got.bytes.len() as u64;
+        // Each component's range goes from JS memory straight into its own buffer.
+        let body = &got.body;
+        let completed = slot.add_shard(&info.sha256, |from, to| body.subarray(from as u32, to as u32).to_vec())?;
+        loaded_bytes += info.bytes;
         let elapsed_ms = now_ms() - start;
         let progress = loaded_bytes as f64 / manifest.total_bytes.max(1) as f64;
-        for component in completed_by.get(index).into_iter().flatten() {
+        let memory_bytes = slot.memory_usage().weights_bytes;
+        for name in &completed {
+            let component_bytes = manifest.components.iter().find(|c| &c.name == name).map_or(0, |c| c.bytes);
             let event = LoadProgress {
                 progress,
-                component: component.name.clone(),
-                component_bytes: component.bytes,
+                component: name.clone(),
+                component_bytes,
                 loaded_bytes,
                 total_bytes: manifest.total_bytes,
                 elapsed_ms,
                 eta_ms: if progress >= 1.0 { 0.0 } else { elapsed_ms * (1.0 - progress) / progress.max(1e-9) },
-                memory_bytes: loaded_bytes,
+                memory_bytes,
                 source: got.source.clone(),
             };
             emit_reply(emit, &Reply::Progress { id, value: event });
         }
-        shards.push(LoadedShard { sha256: info.sha256.to_string(), bytes: got.bytes.len() as u64, source: got.source, stored: got.not_stored.is_none(), not_stored: got.not_stored });
-        shard_bytes.insert(info.sha256.clone(), SharedBytes::from_vec(got.bytes));
+        if slot.metrics.borrow().minimum_viable_ms == 0.0 && minimum_viable.iter().all(|c| slot.is_resident(c)) {
+            slot.metrics.borrow_mut().minimum_viable_ms = elapsed_ms;
+        }
+        // Wake the requests waiting for these components (a progressive prefill above all).
+        slot.changed.notify();
+        shards.push(LoadedShard { sha256: info.sha256.to_string(), bytes: info.bytes, source: got.source, stored: got.not_stored.is_none(), not_stored: got.not_stored });
     }
-    let pack = PackedModel::from_verified_parts(&manifest_json, |info| {
-        shard_bytes.remove(&info.sha256).ok_or_else(|| WorkerError::ModelFormat { source_name: url.to_owned(), format: "packed model", reason: format!("shard {} was not downloaded", info.sha256) })
-    })?;
-    let model = LoadedModel::from_packed(&pack)?;
-    let kind = model.kind();
-    // The shard bytes now live on in the model's tensors; the pack's own references go here.
-    drop(pack);
-    let model_id = MODELS.with(|m| m.borrow_mut().insert(&manifest.name, model));
-    Ok(LoadedModelInfo { model_id, name: manifest.name, architecture: manifest.architecture, kind, total_bytes: manifest.total_bytes, load_ms: now_ms() - start, shards })
+    slot.finish_load()?;
+    let load_ms = now_ms() - start;
+    slot.metrics.borrow_mut().load_ms = load_ms;
+    Ok(LoadedModelInfo { model_id: slot.model_id.clone(), name: manifest.name, architecture: manifest.architecture, kind: slot.kind(), total_bytes: manifest.total_bytes, load_ms, shards })
 }
 
 /// `fetchFile` answers every failure as a `FetchError` (its contract since the plumbing
@@ -374,6 +454,6 @@ async fn fetch_file(url: &str) -> Result<FetchedFile, WorkerError> {
         WorkerError::ServiceWorker { name, url, message } => WorkerError::Fetch { url, reason: format!("{message} ({name} from the service worker)") },
         other => other,
     })?;
-    let sha256 = got.sha256.map_or_else(|| sw::sha256_hex(&got.bytes), |h| h.to_string());
-    Ok(FetchedFile { url: url.to_owned(), bytes: got.bytes.len() as u64, sha256, source: got.source })
+    let sha256 = got.sha256.map_or_else(|| sw::sha256_hex(&got.body.to_vec()), |h| h.to_string());
+    Ok(FetchedFile { url: url.to_owned(), bytes: got.body.length() as u64, sha256, source: got.source })
 }

@@ -65,6 +65,23 @@ pub enum WorkerError {
     #[error("no model {model_id:?} is loaded in this worker; load it with loadModel (it may have been unloaded)")]
     ModelNotLoaded { model_id: String },
 
+    /// A request needs a component of the model that is not resident: it was unloaded with
+    /// `unloadComponent`.
+    #[error("model {model_id} has no resident {component:?} (it was unloaded with unloadComponent); load the model again to use it")]
+    ComponentNotLoaded { model_id: String, component: String },
+
+    /// The backend a load asked for cannot run here.
+    #[error("the {backend} backend is unavailable: {reason}; load with backend 'wasm' (or 'auto')")]
+    BackendUnavailable { backend: String, reason: String },
+
+    /// Loading a model would take the engine past the memory limit the host set.
+    #[error("loading {model} ({needed} bytes) would take the engine to {total} bytes of weights, over its limit of {limit} bytes (maxMemoryUsageMB); unload a model or component first, or raise the limit")]
+    MemoryLimit { model: String, needed: u64, total: u64, limit: u64 },
+
+    /// A load or request was abandoned on purpose (the model was unloaded while loading).
+    #[error("{reason}")]
+    Aborted { reason: String },
+
     /// A `pause` / `resume` / `cancel` named a generation that is not running (it finished,
     /// failed or was cancelled, or the id is not a generation's).
     #[error("no generation with request id {target} is running in this worker (it may have finished already)")]
@@ -94,6 +111,10 @@ impl WorkerError {
             WorkerError::ServiceWorker { name, .. } => name,
             WorkerError::ModelNotLoaded { .. } => "ModelNotLoadedError",
             WorkerError::StreamNotFound { .. } => "StreamNotFoundError",
+            WorkerError::ComponentNotLoaded { .. } => "ComponentNotLoadedError",
+            WorkerError::BackendUnavailable { .. } => "BackendUnavailableError",
+            WorkerError::Aborted { .. } => "AbortError",
+            WorkerError::MemoryLimit { .. } => "MemoryLimitError",
             WorkerError::Package(inner) => inner.name(),
         }
     }

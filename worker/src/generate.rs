@@ -168,10 +168,16 @@ pub struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// Checks the prompt against the state; computes nothing yet.
     pub fn new(model: &'a Llama, tokenizer: &'a Tokenizer, state: &'a mut LlamaState, prompt_ids: &'a [u32], params: &'a GenerateParams) -> Result<Self, WorkerError> {
+        Self::after_prefix(model, tokenizer, state, prompt_ids, params, 0)
+    }
+
+    /// As [`Generator::new`] for a `state` that already holds the first `prefilled` prompt
+    /// tokens (then call [`Generator::prefilled_before`]).
+    pub fn after_prefix(model: &'a Llama, tokenizer: &'a Tokenizer, state: &'a mut LlamaState, prompt_ids: &'a [u32], params: &'a GenerateParams, prefilled: usize) -> Result<Self, WorkerError> {
         if prompt_ids.is_empty() {
             return Err(WorkerError::Tokenizer { reason: "the prompt encodes to no tokens; give it some text".into() });
         }
-        if !state.fits(prompt_ids.len()) {
+        if !state.fits(prompt_ids.len().saturating_sub(prefilled)) {
             return Err(WorkerError::ContextOverflow { tokens: state.len() + prompt_ids.len(), context: state.context() });
         }
         let start = now_ms();
@@ -197,6 +203,20 @@ impl<'a> Generator<'a> {
             decode_start: start,
             excluded_ms: 0.0,
         })
+    }
+
+    /// Takes the first `tokens` prompt tokens as already through the model (the caller ran
+    /// them, e.g. layer by layer while the model arrived), with `logits` their last token's,
+    /// and times the generation from `start` (a [`now_ms`] reading), so the time to first
+    /// token includes that work.
+    pub fn prefilled_before(&mut self, tokens: usize, logits: Vec<f32>, start: f64) {
+        self.prefilled = tokens.min(self.prompt_ids.len());
+        self.logits = logits;
+        self.start = start;
+        if self.prefilled == self.prompt_ids.len() {
+            self.prefill_ms = now_ms() - self.start;
+            self.decode_start = now_ms();
+        }
     }
 
     /// Runs one prefill chunk or one decode step.

@@ -14,6 +14,8 @@ pub mod error;
 pub mod formats;
 pub mod generate;
 pub mod loader;
+pub mod memory;
+pub mod model_slot;
 pub mod models;
 pub mod ops;
 pub mod pack;
@@ -28,5 +30,10 @@ pub mod tensor;
 
 #[cfg(target_arch = "wasm32")]
 pub mod entry;
+
+/// The browser engine counts its heap (see [`memory`]): the memory ledger's measured bytes.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: memory::CountingAllocator = memory::CountingAllocator;
 
 pub use error::WorkerError;

@@ -2,6 +2,8 @@
 //! directory) and the architecture, and builds the model with its tokenizer — or, for
 //! `accel pack`, loads it through a recording source and builds the pack.
 
+use std::sync::Arc;
+
 use crate::formats::gguf::GgufFile;
 use crate::models::bert::{Bert, Embedder};
 use crate::models::llama::Llama;
@@ -14,7 +16,8 @@ use crate::WorkerError;
 #[derive(Debug, Clone)]
 pub struct TextModel {
     pub model: Llama,
-    pub tokenizer: Tokenizer,
+    /// Shared: the worker builds it as soon as its component arrives, before the model.
+    pub tokenizer: Arc<Tokenizer>,
 }
 
 /// Default system prompt for `--chat` when the caller gives none (SmolLM2's own template adds
@@ -27,29 +30,39 @@ impl TextModel {
         let file = GgufFile::parse(&bytes, source_name)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let model = Llama::from_gguf(&file, bytes)?;
-        Ok(TextModel { model, tokenizer })
+        Ok(TextModel { model, tokenizer: Arc::new(tokenizer) })
     }
 
     /// A packed Llama (manifest + verified shards).
     pub fn from_packed(pack: &PackedModel) -> Result<Self, WorkerError> {
-        require_architecture(pack, "llama")?;
-        Ok(TextModel { model: Llama::load(pack, pack.hyperparameters()?)?, tokenizer: pack.tokenizer()? })
+        Self::assemble(pack, Arc::new(pack.tokenizer()?))
     }
 
-    /// Token ids for a prompt: as plain text, or wrapped by the model's chat template as one
-    /// user turn (with `system`, when given, as the system turn).
-    pub fn encode_prompt(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>, WorkerError> {
-        if !chat {
-            return self.tokenizer.encode(prompt, true);
-        }
-        let mut messages = Vec::new();
-        if let Some(system) = system {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", prompt));
-        let rendered = self.tokenizer.render_chat(&messages, true)?;
-        self.tokenizer.encode(&rendered, true)
+    /// A packed Llama whose tokenizer is already built.
+    pub fn assemble(pack: &PackedModel, tokenizer: Arc<Tokenizer>) -> Result<Self, WorkerError> {
+        require_architecture(pack, "llama")?;
+        Ok(TextModel { model: Llama::load(pack, pack.hyperparameters()?)?, tokenizer })
     }
+
+    /// Token ids for a prompt: see [`encode_prompt`].
+    pub fn encode_prompt(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>, WorkerError> {
+        encode_prompt(&self.tokenizer, prompt, chat, system)
+    }
+}
+
+/// Token ids for a prompt: as plain text, or wrapped by the model's chat template as one user
+/// turn (with `system`, when given, as the system turn).
+pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>, WorkerError> {
+    if !chat {
+        return tokenizer.encode(prompt, true);
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    messages.push(ChatMessage::new("user", prompt));
+    let rendered = tokenizer.render_chat(&messages, true)?;
+    tokenizer.encode(&rendered, true)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -75,7 +88,7 @@ impl TextModel {
         let source = SafetensorsSource::new(weights, "llama");
         let model = Llama::load(&HfLlamaNames(&source), LlamaConfig::from_hf(&config))?;
         let tokenizer = Tokenizer::from_json_bytes(&read("tokenizer.json")?)?;
-        Ok(TextModel { model, tokenizer })
+        Ok(TextModel { model, tokenizer: Arc::new(tokenizer) })
     }
 }
 

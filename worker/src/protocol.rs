@@ -46,14 +46,35 @@ pub enum Request {
     FetchFile { url: String },
     /// Download a packed model (`url`: absolute URL of its `manifest.json`; shards are read
     /// from `shards/<sha256>.bin` beside it), verify every shard and keep the model loaded.
-    /// Replies [`LoadedModelInfo`].
-    LoadModel { url: String },
+    /// A `started` event ([`LoadStarted`]) comes as soon as the manifest is valid (the model id
+    /// is usable from then on: requests wait for the components they need), then a `progress`
+    /// event per resident component, then [`LoadedModelInfo`]. `backend`: `auto` (default),
+    /// `wasm` / `cpu`, or `webgpu` / `gpu` (refused with `BackendUnavailableError` where it
+    /// cannot run).
+    LoadModel {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<String>,
+        /// Refuse the load (`MemoryLimitError`) when the engine's models would then hold more
+        /// than this many bytes of weights (the host's `maxMemoryUsageMB`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_memory_bytes: Option<u64>,
+    },
     /// Generate text with a loaded text model. Replies [`GenerateResult`].
     Generate(GenerateRequest),
     /// Sentence embeddings from a loaded embedding model. Replies [`Embeddings`].
     Embed { model_id: String, texts: Vec<String> },
     /// Free a loaded model. Replies [`UnloadedModel`].
     UnloadModel { model_id: String },
+    /// Resolves once `components` of a model are resident (waits while it loads). Replies
+    /// [`ResidentComponents`].
+    WaitForComponents { model_id: String, components: Vec<String> },
+    /// Frees one component of a loaded model. Replies [`UnloadedComponent`].
+    UnloadComponent { model_id: String, component: String },
+    /// The model's memory ledger. Replies [`MemoryUsage`].
+    MemoryUsage { model_id: String },
+    /// Load and generation timings of a model. Replies [`PerformanceMetrics`].
+    PerformanceMetrics { model_id: String },
     /// [`Request::Generate`] with progress: a `token` event ([`StreamToken`]) per generated
     /// token and `metrics` events ([`StreamMetrics`]), then the [`GenerateResult`] (stop reason
     /// `cancelled` when cancelled).
@@ -108,6 +129,102 @@ pub enum Reply {
     /// A progress event of a `loadModel`: one per component whose bytes have all arrived and
     /// been verified, in manifest (load) order; the final `result` or `error` follows.
     Progress { id: u64, value: LoadProgress },
+    /// The first event of a `loadModel`: the manifest is valid and the model has its id.
+    Started { id: u64, value: LoadStarted },
+}
+
+/// See [`Reply::Started`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStarted {
+    pub model_id: String,
+    pub name: String,
+    pub architecture: String,
+    pub kind: ModelKind,
+    pub total_bytes: u64,
+    /// In load order.
+    pub components: Vec<ComponentInfo>,
+    /// What `waitForMinimumViableModel` waits for: tokenizer, embeddings and the first layer
+    /// of a text model; every component of an embedding model.
+    pub minimum_viable: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentInfo {
+    pub name: String,
+    pub bytes: u64,
+    pub priority: u32,
+}
+
+/// Result of [`Request::WaitForComponents`]: every resident component, in load order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResidentComponents {
+    pub model_id: String,
+    pub resident: Vec<String>,
+}
+
+/// Result of [`Request::UnloadComponent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnloadedComponent {
+    pub model_id: String,
+    pub component: String,
+    /// What the engine released (the component's buffers).
+    pub freed_bytes: u64,
+}
+
+/// Result of [`Request::MemoryUsage`]: the engine's ledger for one model. Component bytes are
+/// the buffers allocated for them (the tokenizer's includes its in-memory tables, measured by
+/// the allocator); the KV cache is that of the generations running now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryUsage {
+    pub model_id: String,
+    /// weightsBytes + kvCacheBytes.
+    pub total_bytes: u64,
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    /// The pack's bytes (what was downloaded).
+    pub packed_bytes: u64,
+    /// The same tensors at f16: the size before quantization.
+    pub original_bytes: u64,
+    /// 1 − weightsBytes / originalBytes.
+    pub reduction: f64,
+    pub components: Vec<ComponentMemory>,
+    /// Everything the engine's heap holds now (every model, buffers, caches), counted by its
+    /// allocator; absent where nothing counts (native builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_heap_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentMemory {
+    pub name: String,
+    /// Held by the engine now (0 once unloaded).
+    pub bytes: u64,
+    /// The component's bytes in the pack.
+    pub packed_bytes: u64,
+    pub resident: bool,
+}
+
+/// Result of [`Request::PerformanceMetrics`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerformanceMetrics {
+    /// From the manifest request to every component resident (0 while loading).
+    pub load_ms: f64,
+    /// From the manifest request to the minimum viable model (0 while not yet).
+    pub minimum_viable_ms: f64,
+    /// Generations finished on this model.
+    pub generations: u64,
+    pub tokens_generated: u64,
+    /// Of the last generation.
+    pub time_to_first_token_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
 }
 
 /// One component of a model arrived (see [`Reply::Progress`]).
@@ -309,6 +426,22 @@ pub struct GenerateTimings {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub time_to_first_token_ms: f64,
+    /// Only for a generation that started before its model was fully resident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<ProgressiveTimings>,
+}
+
+/// How a generation overlapped its model's download (progressive loading).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressiveTimings {
+    /// Wall-clock time (ms since the Unix epoch, comparable with a server's log) at which the
+    /// prompt's pass through each layer finished, layer 0 first.
+    pub layer_done_at_ms: Vec<f64>,
+    /// Time spent waiting for layers to arrive.
+    pub waited_ms: f64,
+    /// Wall-clock time (ms since the epoch) of the first token.
+    pub first_token_at_ms: f64,
 }
 
 /// Result of [`Request::Embed`]: one mean-pooled, L2-normalised vector per text.
@@ -403,6 +536,14 @@ mod tests {
         assert_eq!(serde_json::to_value(&reply).unwrap(), *f["replies"].as_array().unwrap().last().unwrap(), "the fixture's message is the worker's");
         let control: StreamControlResult = round_trips(&f["streamControl"]);
         assert_eq!((control.target, control.state), (8, StreamState::Paused));
+        round_trips::<ResidentComponents>(&f["residentComponents"]);
+        assert_eq!(round_trips::<UnloadedComponent>(&f["unloadedComponent"]).freed_bytes, 2216448);
+        let usage: MemoryUsage = round_trips(&f["memoryUsage"]);
+        assert_eq!(usage.total_bytes, usage.weights_bytes + usage.kv_cache_bytes);
+        assert!(!usage.components[1].resident);
+        round_trips::<PerformanceMetrics>(&f["performanceMetrics"]);
+        let progressive: GenerateResult = round_trips(&f["progressiveTimings"]);
+        assert_eq!(progressive.timings.progressive.map(|p| p.layer_done_at_ms.len()), Some(2));
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn prompt_longer_than_the_context_is_a_named_error() {
 fn a_sliding_window_generates_past_the_context() {
     let text = TextModel::from_gguf(SharedBytes::from_vec(std::fs::read(smollm2_gguf()).unwrap()), "smollm2").unwrap();
     let prompt = ids(&fixture("smollm2_once_upon.json")["prompt_ids"]);
-    let mut tokenizer = text.tokenizer.clone();
+    let mut tokenizer = (*text.tokenizer).clone();
     tokenizer.eos_ids.clear();
     let params = GenerateParams { max_tokens: 40, ..GenerateParams::default() };
     let context = 24;

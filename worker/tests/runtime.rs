@@ -182,3 +182,83 @@ fn stepwise_generation_streams_the_same_tokens_and_cancels_cleanly() {
     models.unload(&id).unwrap();
     assert_eq!(block_on(run_generation(&prepared, &mut Recorder::new(None, None))).unwrap().token_ids, whole.token_ids);
 }
+
+/// Progressive loading, natively: shards arrive one at a time into a model slot (as the
+/// browser worker feeds it); a generation started once the minimum viable model is resident
+/// runs its prompt through the layers as they arrive and gives the tokens of a fully loaded
+/// model. Then the memory ledger and `unloadComponent`.
+#[test]
+fn a_generation_started_early_computes_as_layers_arrive_and_matches() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use worker::model_slot::LoadState;
+    use worker::runtime::run_generation;
+
+    // Small shards, so the model arrives in many steps.
+    let dir = std::env::temp_dir().join(format!("accel-runtime-test-{}-progressive", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    accel_json(&["pack", smollm2_gguf().to_str().unwrap(), "--out", dir.to_str().unwrap(), "--name", "smollm2-135m", "--shard-mb", "4", "--json"]);
+    let manifest_json = std::fs::read(dir.join("manifest.json")).unwrap();
+    let manifest = sw::Manifest::parse(&manifest_json).unwrap();
+    assert!(manifest.shards.len() >= 10, "{} shards", manifest.shards.len());
+
+    let f = fixture("smollm2_once_upon.json");
+    let mut models = LoadedModels::default();
+    let (full_id, _) = load(&mut models, &dir);
+    let request = |model_id: &str| GenerateRequest { model_id: model_id.into(), prompt: f["prompt"].as_str().unwrap().into(), max_tokens: Some(8), temperature: None, top_k: None, top_p: None, seed: None, chat: None };
+    let reference = models.generate(&request(&full_id)).unwrap();
+
+    // A memory limit below the model's bytes refuses it by name.
+    assert_eq!(models.start_load(&manifest_json, Some(manifest.total_bytes / 2)).unwrap_err().name(), "MemoryLimitError");
+    let slot = models.start_load(&manifest_json, None).unwrap();
+    assert_eq!(slot.minimum_viable_components(), ["tokenizer", "embeddings", "layer.0"]);
+    let mut shards = manifest.shards.iter().map(|info| (info.sha256.clone(), std::fs::read(dir.join(sw::manifest::shard_path(&info.sha256))).unwrap()));
+    let mut arrived = Vec::new();
+    while !slot.minimum_viable_components().iter().all(|c| slot.is_resident(c)) {
+        let (hash, bytes) = shards.next().expect("the minimum viable model arrives before the last shard");
+        arrived.extend(slot.add_shard(&hash, |a, b| bytes[a as usize..b as usize].to_vec()).unwrap());
+    }
+    assert!(!slot.complete());
+    assert!(arrived.starts_with(&["tokenizer".to_string(), "embeddings".to_string(), "layer.0".to_string()]), "{arrived:?}");
+
+    let prepared = models.prepare_generation(&request(&slot.model_id)).unwrap();
+    let mut hooks = Recorder::new(None, None);
+    let mut generation = std::pin::pin!(run_generation(&prepared, &mut hooks));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut last_shard_at = 0.0;
+    let outcome = loop {
+        if let Poll::Ready(out) = generation.as_mut().poll(&mut cx) {
+            break out;
+        }
+        match shards.next() {
+            Some((hash, bytes)) => {
+                slot.add_shard(&hash, |a, b| bytes[a as usize..b as usize].to_vec()).unwrap();
+                last_shard_at = worker::clock::epoch_ms();
+                slot.changed.notify();
+            }
+            None if slot.state() == LoadState::Loading => slot.finish_load().unwrap(),
+            None => panic!("the generation waits for nothing that is coming"),
+        }
+    };
+    let progressive = outcome.unwrap();
+    assert_eq!(progressive.token_ids, reference.token_ids, "the same tokens as a fully loaded model");
+    let timings = progressive.timings.progressive.expect("a progressive run reports its layer timeline");
+    assert_eq!(timings.layer_done_at_ms.len(), 30);
+    assert!(timings.layer_done_at_ms[0] <= last_shard_at, "layer 0 ran before the last shard arrived");
+    assert!(timings.waited_ms > 0.0);
+
+    // The ledger: every component's buffer, about the pack's bytes (plus alignment gaps).
+    let usage = slot.memory_usage();
+    let packed: u64 = manifest.components.iter().map(|c| c.bytes).sum();
+    assert!(usage.weights_bytes >= packed && (usage.weights_bytes as f64) < packed as f64 * 1.1, "{} vs {packed}", usage.weights_bytes);
+    assert_eq!(usage.kv_cache_bytes, 0, "no generation runs now");
+    assert!(usage.reduction > 0.5, "keep (Q4_1/Q8_0) is far smaller than f16: {}", usage.reduction);
+    let layer = usage.components.iter().find(|c| c.name == "layer.29").unwrap().bytes;
+    let freed = slot.unload_component("layer.29").unwrap();
+    assert_eq!(freed, layer);
+    assert_eq!(slot.memory_usage().weights_bytes, usage.weights_bytes - layer);
+    assert!(!slot.resident_components().contains(&"layer.29".to_string()));
+    let err = models.generate(&request(&slot.model_id)).unwrap_err();
+    assert_eq!(err.name(), "ComponentNotLoadedError", "{err}");
+    assert_eq!(slot.unload_component("layer.99").unwrap_err().name(), "InvalidParameterError");
+}

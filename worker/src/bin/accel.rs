@@ -382,7 +382,7 @@ of FILE's lines to those of --reference R.
             for _ in 0..reps {
                 let mut state = model.new_state(prompt_tokens + gen_tokens + 1);
                 // Run past EOS: a benchmark measures a fixed number of steps.
-                let mut tok = m.tokenizer.clone();
+                let mut tok = (*m.tokenizer).clone();
                 tok.eos_ids.clear();
                 let out = generate(&model, &tok, &mut state, &ids, &params, |_| std::ops::ControlFlow::Continue(()))?;
                 prefill.push(out.timings.prefill_tokens_per_s);

@@ -160,58 +160,72 @@ impl Llama {
         Ok(Llama { config, embed, layers, out_norm, lm_head, activations: Activations::default() })
     }
 
-    /// A fresh sequence with room for `context` tokens (capped at the trained context).
-    /// A fresh KV cache for `context` positions (at most the trained context). Without a
-    /// sliding window (see [`LlamaState::slide`]) a full cache refuses more tokens.
+    /// A fresh KV cache for `context` positions (see [`LlamaState::new`]).
     pub fn new_state(&self, context: usize) -> LlamaState {
-        let c = &self.config;
-        let context = context.clamp(1, c.trained_context.max(1));
-        LlamaState { rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, context), cache: KvCache::new(c.n_layer, c.kv_dim(), context) }
+        LlamaState::new(&self.config, context)
     }
 
     /// Runs `tokens` after what `state` holds; returns the logits of the last token, or of
     /// every token ([t, vocab]) when `all_logits`. A refused call leaves `state` unchanged.
     pub fn forward(&self, state: &mut LlamaState, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, WorkerError> {
-        let c = &self.config;
-        let (t, d) = (tokens.len(), c.d_model);
+        let mut pass = LayerwiseForward::start(&self.config, &self.embed, state, tokens)?;
+        // One hand-off to the compute pool per call instead of one per matrix product.
+        on_compute_pool(|| {
+            for layer in &self.layers {
+                pass.run_layer(layer, state, self.activations);
+            }
+            pass.finish(state, &self.out_norm, &self.lm_head, self.activations, all_logits)
+        })
+    }
+}
+
+/// One forward pass, a layer at a time: what [`Llama::forward`] does, for a caller that does
+/// not have every layer yet. Progressive loading runs a prompt through layer i as soon as layer
+/// i is resident, while later layers are still downloading; the results are those of
+/// [`Llama::forward`] exactly (the same code, in the same order).
+pub struct LayerwiseForward {
+    config: LlamaConfig,
+    /// The residual stream, [t, d].
+    x: Vec<f32>,
+    t: usize,
+    scratch: Scratch,
+    next_layer: usize,
+}
+
+impl LayerwiseForward {
+    /// Checks `tokens` and makes room for them in `state`, then embeds them (the embedding is
+    /// all it needs).
+    pub fn start(config: &LlamaConfig, embed: &WeightMatrix, state: &mut LlamaState, tokens: &[u32]) -> Result<Self, WorkerError> {
+        let (t, d) = (tokens.len(), config.d_model);
         if t == 0 {
             return Err(WorkerError::Protocol { reason: "forward() needs at least one token".into() });
         }
-        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= c.vocab) {
-            return Err(WorkerError::Tokenizer { reason: format!("token id {tok} is outside the vocabulary of {}", c.vocab) });
+        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= config.vocab) {
+            return Err(WorkerError::Tokenizer { reason: format!("token id {tok} is outside the vocabulary of {}", config.vocab) });
         }
         state.cache.make_room(t, &state.rope)?;
-        // One hand-off to the compute pool per call instead of one per matrix product.
-        on_compute_pool(|| {
-            let mut x = vec![0f32; t * d];
-            for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
-                self.embed.dequantize_row(tok as usize, row);
-            }
-            let mut scratch = Scratch::new(c, t);
-            for (l, layer) in self.layers.iter().enumerate() {
-                self.layer_forward(layer, l, state, &mut x, t, &mut scratch);
-            }
-            state.cache.len += t;
-            let first = if all_logits { 0 } else { t - 1 };
-            let mut h = x[first * d..].to_vec();
-            for row in h.chunks_exact_mut(d) {
-                rmsnorm(row, &self.out_norm, c.rms_eps);
-            }
-            let mut logits = vec![0f32; (t - first) * c.vocab];
-            self.lm_head.matmul(&h, &mut logits, t - first, self.activations);
-            Ok(logits)
-        })
+        let mut x = vec![0f32; t * d];
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+            embed.dequantize_row(tok as usize, row);
+        }
+        Ok(LayerwiseForward { config: config.clone(), x, t, scratch: Scratch::new(config, t), next_layer: 0 })
     }
 
-    fn layer_forward(&self, w: &LlamaLayer, l: usize, state: &mut LlamaState, x: &mut [f32], t: usize, s: &mut Scratch) {
-        let c = &self.config;
+    /// The layer [`LayerwiseForward::run_layer`] expects next.
+    pub fn next_layer(&self) -> usize {
+        self.next_layer
+    }
+
+    /// Runs layer [`LayerwiseForward::next_layer`] (`w` must be its weights).
+    pub fn run_layer(&mut self, w: &LlamaLayer, state: &mut LlamaState, activations: Activations) {
+        let (c, t, l, s, x) = (&self.config, self.t, self.next_layer, &mut self.scratch, &mut self.x);
         let (kv_dim, q_dim, p0) = (c.kv_dim(), c.n_head * c.head_dim, state.cache.len);
 
         s.h.copy_from_slice(x);
         for row in s.h.chunks_exact_mut(c.d_model) {
             rmsnorm(row, &w.attn_norm, c.rms_eps);
         }
-        matmul_fused(&s.h, t, self.activations, [(&w.wq, &mut s.q), (&w.wk, &mut s.k), (&w.wv, &mut s.v)]);
+        matmul_fused(&s.h, t, activations, [(&w.wq, &mut s.q), (&w.wk, &mut s.k), (&w.wv, &mut s.v)]);
         for i in 0..t {
             state.rope.apply(&mut s.q[i * q_dim..][..q_dim], p0 + i);
             state.rope.apply(&mut s.k[i * kv_dim..][..kv_dim], p0 + i);
@@ -227,17 +241,36 @@ impl Llama {
             let (keys, values) = cache.visible(l, p0 + i + 1);
             with_wide_simd(|| attend_head(&q[first..][..c.head_dim], h, keys, values, layout, None, out));
         });
-        w.wo.matmul(&s.attn, &mut s.o, t, self.activations);
+        w.wo.matmul(&s.attn, &mut s.o, t, activations);
         add_in_place(x, &s.o);
 
         s.h.copy_from_slice(x);
         for row in s.h.chunks_exact_mut(c.d_model) {
             rmsnorm(row, &w.ffn_norm, c.rms_eps);
         }
-        matmul_fused(&s.h, t, self.activations, [(&w.w_gate, &mut s.gate), (&w.w_up, &mut s.up)]);
+        matmul_fused(&s.h, t, activations, [(&w.w_gate, &mut s.gate), (&w.w_up, &mut s.up)]);
         swiglu(&mut s.gate, &s.up);
-        w.w_down.matmul(&s.gate, &mut s.o, t, self.activations);
+        w.w_down.matmul(&s.gate, &mut s.o, t, activations);
         add_in_place(x, &s.o);
+        self.next_layer += 1;
+    }
+
+    /// After the last layer: the final norm and the LM head. Returns the logits of the last
+    /// token, or of every token ([t, vocab]) when `all_logits`; the tokens now count as cached.
+    pub fn finish(self, state: &mut LlamaState, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations, all_logits: bool) -> Result<Vec<f32>, WorkerError> {
+        let (c, t, d) = (&self.config, self.t, self.config.d_model);
+        if self.next_layer != c.n_layer {
+            return Err(WorkerError::Protocol { reason: format!("forward pass finished after {} of {} layers", self.next_layer, c.n_layer) });
+        }
+        state.cache.len += t;
+        let first = if all_logits { 0 } else { t - 1 };
+        let mut h = self.x[first * d..].to_vec();
+        for row in h.chunks_exact_mut(d) {
+            rmsnorm(row, out_norm, c.rms_eps);
+        }
+        let mut logits = vec![0f32; (t - first) * c.vocab];
+        lm_head.matmul(&h, &mut logits, t - first, activations);
+        Ok(logits)
     }
 }
 
@@ -269,6 +302,13 @@ pub struct LlamaState {
 }
 
 impl LlamaState {
+    /// A fresh KV cache for `context` positions (at most the trained context). Without a
+    /// sliding window (see [`LlamaState::slide`]) a full cache refuses more tokens.
+    pub fn new(c: &LlamaConfig, context: usize) -> Self {
+        let context = context.clamp(1, c.trained_context.max(1));
+        LlamaState { rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, context), cache: KvCache::new(c.n_layer, c.kv_dim(), context) }
+    }
+
     pub fn reset(&mut self) {
         self.cache.len = 0;
         self.cache.dropped = 0;

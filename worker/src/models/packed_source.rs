@@ -3,6 +3,12 @@
 //!
 //! Every shard is verified against its SHA-256 when the model is opened; tensors are views into
 //! the shard bytes (memory-mapped natively), never copies.
+//!
+//! The pack holds *pieces*: byte ranges of shards. A pack opened whole has one piece per shard.
+//! The browser worker instead copies each component's range of a shard into a piece of its own
+//! as the shard arrives ([`PackedModel::add_piece`]), so a component is usable as soon as its
+//! bytes are in (progressive loading) and can be freed on its own
+//! ([`PackedModel::release_component`]: `unloadComponent`).
 
 use std::collections::HashMap;
 
@@ -17,7 +23,16 @@ use crate::WorkerError;
 
 pub struct PackedModel {
     pub manifest: Manifest,
-    shards: HashMap<ContentHash, SharedBytes>,
+    /// Resident bytes, by shard.
+    shards: HashMap<ContentHash, Vec<Piece>>,
+}
+
+/// Bytes `start..start + bytes.len()` of a shard.
+struct Piece {
+    start: u64,
+    bytes: SharedBytes,
+    /// The component it was copied for (`None`: a whole shard).
+    component: Option<String>,
 }
 
 impl PackedModel {
@@ -44,12 +59,49 @@ impl PackedModel {
     }
 
     fn assemble(manifest_json: &[u8], mut shard: impl FnMut(&ShardInfo) -> Result<SharedBytes, WorkerError>) -> Result<Self, WorkerError> {
-        let manifest = Manifest::parse(manifest_json)?;
-        let mut shards = HashMap::new();
-        for info in &manifest.shards {
-            shards.insert(info.sha256.clone(), shard(info)?);
+        let mut pack = PackedModel::empty(manifest_json)?;
+        for info in &pack.manifest.shards {
+            pack.shards.insert(info.sha256.clone(), vec![Piece { start: 0, bytes: shard(info)?, component: None }]);
         }
-        Ok(PackedModel { manifest, shards })
+        Ok(pack)
+    }
+
+    /// The validated manifest and no bytes yet: pieces follow with [`PackedModel::add_piece`].
+    pub fn empty(manifest_json: &[u8]) -> Result<Self, WorkerError> {
+        Ok(PackedModel { manifest: Manifest::parse(manifest_json)?, shards: HashMap::new() })
+    }
+
+    /// Keeps `bytes` as bytes `start..` of `shard`, copied for `component` (its range from
+    /// [`Manifest::component_ranges`]). The caller has verified the shard they came from.
+    pub fn add_piece(&mut self, component: &str, shard: &ContentHash, start: u64, bytes: SharedBytes) {
+        self.shards.entry(shard.clone()).or_default().push(Piece { start, bytes, component: Some(component.to_owned()) });
+    }
+
+    /// Drops the pieces copied for `component`; returns their bytes. The memory is freed once
+    /// no tensor built from them is alive.
+    pub fn release_component(&mut self, component: &str) -> u64 {
+        let mut released = 0;
+        for pieces in self.shards.values_mut() {
+            pieces.retain(|p| {
+                let keep = p.component.as_deref() != Some(component);
+                if !keep {
+                    released += p.bytes.len() as u64;
+                }
+                keep
+            });
+        }
+        released
+    }
+
+    /// Whether a piece copied for `component` covers `range`.
+    pub fn component_piece_covers(&self, component: &str, range: &sw::manifest::ShardRange) -> bool {
+        let pieces = self.shards.get(&range.shard).into_iter().flatten();
+        pieces.filter(|p| p.component.as_deref() == Some(component)).any(|p| p.start <= range.start && range.end <= p.start + p.bytes.len() as u64)
+    }
+
+    /// Bytes held for `component` (its pieces).
+    pub fn component_bytes(&self, component: &str) -> u64 {
+        self.shards.values().flatten().filter(|p| p.component.as_deref() == Some(component)).map(|p| p.bytes.len() as u64).sum()
     }
 
     /// A packed directory on disk: `manifest.json` and memory-mapped `shards/<hash>.bin`.
@@ -61,12 +113,13 @@ impl PackedModel {
     }
 
     fn range(&self, what: &str, shard: &ContentHash, offset: u64, length: u64) -> Result<SharedBytes, WorkerError> {
-        // The manifest was validated against the shard sizes and the shards against the
-        // manifest, so a miss here means a bug, still reported rather than panicking.
-        self.shards.get(shard).and_then(|b| b.slice(offset as usize, length as usize)).ok_or_else(|| WorkerError::ModelFormat {
+        // A whole pack was validated against the shard sizes, so a miss there means a bug;
+        // with pieces it means the component is not resident. Both are reported, never a panic.
+        let piece = self.shards.get(shard).into_iter().flatten().find(|p| p.start <= offset && offset + length <= p.start + p.bytes.len() as u64);
+        piece.and_then(|p| p.bytes.slice((offset - p.start) as usize, length as usize)).ok_or_else(|| WorkerError::ModelFormat {
             source_name: what.to_owned(),
             format: "packed model",
-            reason: format!("bytes {offset}..+{length} are not in shard {shard}"),
+            reason: format!("bytes {offset}..+{length} of shard {shard} are not resident"),
         })
     }
 
