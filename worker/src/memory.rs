@@ -23,12 +23,7 @@ pub struct CountingAllocator;
 // statistics.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        COUNTING.store(1, Ordering::Relaxed);
-        let ptr = System.alloc(layout);
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        ptr
+        counted(System.alloc(layout), layout.size())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -37,12 +32,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        COUNTING.store(1, Ordering::Relaxed);
-        let ptr = System.alloc_zeroed(layout);
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        ptr
+        counted(System.alloc_zeroed(layout), layout.size())
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -53,6 +43,15 @@ unsafe impl GlobalAlloc for CountingAllocator {
         }
         new
     }
+}
+
+/// Counts a fresh allocation of `size` bytes at `ptr` (none when it failed).
+fn counted(ptr: *mut u8, size: usize) -> *mut u8 {
+    COUNTING.store(1, Ordering::Relaxed);
+    if !ptr.is_null() {
+        LIVE.fetch_add(size, Ordering::Relaxed);
+    }
+    ptr
 }
 
 /// Live heap bytes (0 where the counting allocator is not installed).
