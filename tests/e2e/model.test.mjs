@@ -54,26 +54,30 @@ test('smollm2-135m loads by name and generates the native CLI tokens', { timeout
   // Greedy margins: step 12 of the reference is a near-tie (see the fixture's note), so 12.
   const MAX_TOKENS = 12;
   const ownPrompt = 'What is the capital of France?';
+  // A second prompt of our own: plain text, Unicode and digits through the byte-level BPE.
+  const plainPrompt = 'Recipe for 4 people: 200 g of flour, 3 eggs, a pinch of salt — and then';
   const native = {
     onceUpon: nativeGenerate(onceUpon.prompt, { maxTokens: MAX_TOKENS }),
     chat: nativeGenerate(ownPrompt, { maxTokens: MAX_TOKENS, chat: true }),
+    plain: nativeGenerate(plainPrompt, { maxTokens: MAX_TOKENS }),
   };
   assert.deepEqual(native.onceUpon.tokenIds, onceUpon.greedy_ids.slice(0, MAX_TOKENS), 'the native CLI must itself match the reference fixture');
 
   await withHarness(async (page, server, errors) => {
-    const browser = await page.evaluate(async ({ prompt, ownPrompt, maxTokens }) => {
+    const browser = await page.evaluate(async ({ prompt, ownPrompt, plainPrompt, maxTokens }) => {
       const acc = new window.accel.IPFSAccelerate();
       const model = await acc.loadModel('smollm2-135m');
       const onceUpon = await model.generate(prompt, { temperature: 0, maxTokens });
       const chat = await model.generate(ownPrompt, { maxTokens, chat: true });
+      const plain = await model.generate(plainPrompt, { temperature: 0, maxTokens });
       const wrongKind = await model.embed('a sentence').then(() => null, (e) => e.name);
       await model.unload();
       const afterUnload = await model.generate(prompt, { maxTokens: 1 }).then(() => null, (e) => e.name);
       // Loaded again, every shard comes from IndexedDB through the service worker.
       const again = await acc.loadModel('smollm2-135m');
       const againFirst = await again.generate(prompt, { maxTokens: 1 });
-      return { info: model.info, onceUpon, chat, wrongKind, afterUnload, againInfo: again.info, againFirst };
-    }, { prompt: onceUpon.prompt, ownPrompt, maxTokens: MAX_TOKENS });
+      return { info: model.info, onceUpon, chat, plain, wrongKind, afterUnload, againInfo: again.info, againFirst };
+    }, { prompt: onceUpon.prompt, ownPrompt, plainPrompt, maxTokens: MAX_TOKENS });
 
     const { info } = browser;
     assert.equal(info.name, 'smollm2-135m');
@@ -92,6 +96,9 @@ test('smollm2-135m loads by name and generates the native CLI tokens', { timeout
     assert.deepEqual(browser.chat.promptTokenIds, native.chat.promptTokenIds, 'the chat template renders alike');
     assert.deepEqual(browser.chat.tokenIds, native.chat.tokenIds);
     assert.equal(browser.chat.text, native.chat.text);
+    assert.deepEqual(browser.plain.promptTokenIds, native.plain.promptTokenIds);
+    assert.deepEqual(browser.plain.tokenIds, native.plain.tokenIds);
+    assert.equal(browser.plain.text, native.plain.text);
 
     assert.equal(browser.wrongKind, 'InvalidParameterError');
     assert.equal(browser.afterUnload, 'ModelNotLoadedError');
