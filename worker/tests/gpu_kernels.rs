@@ -113,18 +113,18 @@ fn matmul_matches_the_cpu_for_every_storage_type_decode_and_prefill() {
         let (rows, cols) = (131, if ty.geometry().0 == 1 { 75 } else { 96 });
         let m = random_matrix(ty, rows, cols, &mut rng);
         let w = GpuMatrix::upload(&ctx, &m).unwrap();
-        for (t, tile) in [(1usize, 1u32), (7, PREFILL_TILE), (5, 1)] {
+        for (t, tile, lanes) in [(1usize, 1u32, 4u32), (7, PREFILL_TILE, 4), (5, 1, 4), (3, 1, 1), (6, PREFILL_TILE, 8), (2, 1, 2)] {
             let xs = rng.vec(t * cols);
             let x = storage_f32(&ctx, "x", &xs);
             let y = buffers::scratch(&ctx, "y", t * rows).unwrap();
             let step = step_buffer(&ctx, t, 0);
-            let d = k.matmul(&w, &x, &y, &step, t, tile, None).unwrap();
+            let d = k.matmul_lanes(&w, &x, &y, &step, t, tile, None, lanes).unwrap();
             k.run(&[&d], t as u32).unwrap();
             let got = read_f32(&ctx, &y, t * rows).unwrap();
             let mut want = vec![0f32; t * rows];
             m.matmul(&xs, &mut want, t, Activations::F32);
             // f32 sums of `cols` products in another order: ~1e-6 relative per term.
-            assert_close(&format!("matmul {} t={t} tile={tile}", ty.name()), &got, &want, 2e-5 * (cols as f32).sqrt(), 1e-5);
+            assert_close(&format!("matmul {} t={t} tile={tile} lanes={lanes}", ty.name()), &got, &want, 2e-5 * (cols as f32).sqrt(), 1e-5);
         }
     }
 }

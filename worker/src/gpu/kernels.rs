@@ -28,6 +28,9 @@ use crate::WorkerError;
 pub const WG: u32 = 64;
 /// Workgroup size of the single-workgroup argmax.
 pub const ARGMAX_WG: u32 = 256;
+/// Invocations per weight row in the matmul (`LANES` in matmul.wgsl). Measured on lavapipe
+/// (SmolLM2's 1536×576 Q4_1 GEMV, 2 shared cores): 1 lane 5.5 ms, 2: 4.6, 4: 3.9, 8: 6.0.
+pub const MATMUL_LANES: u32 = 4;
 /// Tokens per invocation of the prefill GEMM.
 pub const PREFILL_TILE: u32 = 4;
 
@@ -142,14 +145,25 @@ impl Kernels {
     /// `cache_rows: Some(n)`, y is a KV cache of n rows and the pass writes rows pos..pos+t.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(&self, w: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_t: usize, tile: u32, cache_rows: Option<usize>) -> Result<Dispatch, WorkerError> {
+        self.matmul_lanes(w, x, y, step, max_t, tile, cache_rows, MATMUL_LANES)
+    }
+
+    /// [`Kernels::matmul`] with `lanes` invocations per row (1, 2, 4 or 8; comparisons).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_lanes(&self, w: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_t: usize, tile: u32, cache_rows: Option<usize>, lanes: u32) -> Result<Dispatch, WorkerError> {
+        if !matches!(lanes, 1 | 2 | 4 | 8) {
+            return Err(WorkerError::InvalidParameter { reason: format!("matmul lanes {lanes}: expected 1, 2, 4 or 8") });
+        }
         if w.ty.row_bytes(w.cols).is_none() {
             return Err(shape_error(&format!("{} (columns must be whole {}-value blocks)", w.name, w.ty.geometry().0), w.cols.next_multiple_of(w.ty.geometry().0), w.cols));
         }
         need(x, max_t * w.cols, &format!("input of {}", w.name))?;
         need(y, cache_rows.unwrap_or(max_t) * w.rows, &format!("output of {}", w.name))?;
         let dims = Dims { rows: w.rows as u32, cols: w.cols as u32, flags: if cache_rows.is_some() { 2 } else { 0 }, ..Dims::default() };
-        let tile = tile.max(1);
-        self.dispatch(Variant::weights(Family::Matmul, w.ty, tile, WG), dims, Some(step), &[&w.buffer, x, y], (w.rows as u32).div_ceil(WG), TokenAxis::Tiles(tile))
+        // The shader has exactly two token tiles: 1 (GEMV) and 4 (GEMM).
+        let tile = if tile <= 1 { 1 } else { PREFILL_TILE };
+        let variant = Variant { lanes, ..Variant::weights(Family::Matmul, w.ty, tile, WG) };
+        self.dispatch(variant, dims, Some(step), &[&w.buffer, x, y], (w.rows as u32).div_ceil(WG / lanes), TokenAxis::Tiles(tile))
     }
 
     /// RMSNorm of every token (or, with `last_only`, of the last token into row 0).

@@ -44,8 +44,11 @@ pub enum Output {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuLoadReport {
     pub load_ms: f64,
-    /// Of which compiling pipelines.
+    /// Of which creating (compiling) the pipelines.
     pub pipeline_ms: f64,
+    /// Of which the warm-up passes (first dispatch of every pipeline; drivers that compile
+    /// lazily, like lavapipe, finish compiling here).
+    pub warmup_ms: f64,
     pub pipelines: usize,
     pub weight_bytes: u64,
     pub kv_cache_bytes: u64,
@@ -177,6 +180,27 @@ impl GpuLlama {
             k.argmax(&logits, &result, c.vocab)?,
         ];
         ctx.wait()?;
+        let pipeline_ms = kernels.cache.compile_ms();
+
+        // Warm-up: one prefill pass and one decode pass (into cache rows the first real pass
+        // overwrites). Drivers may finish compiling a pipeline on its first dispatch (lavapipe
+        // JIT-compiles to machine code then); that belongs to the load, not the first token.
+        let warm = std::time::Instant::now();
+        for t in [2usize.min(max_t), 1] {
+            ctx.queue.write_buffer(&tokens, 0, &[0; 8][..4 * t]);
+            ctx.queue.write_buffer(&step, 0, &Step::new(t, 0).to_bytes());
+            ctx.queue.write_buffer(&step_last, 0, &Step::new(1, t - 1).to_bytes());
+            let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("warm-up") });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("warm-up"), timestamp_writes: None });
+                for dispatch in if t == 1 { &decode } else { &prefill }.iter().chain(&head) {
+                    dispatch.record(&mut pass, t as u32);
+                }
+            }
+            ctx.queue.submit([encoder.finish()]);
+        }
+        ctx.wait()?;
+        let warmup_ms = warm.elapsed().as_secs_f64() * 1e3;
 
         let mut matrices: Vec<GpuMatrix> = layers.into_iter().flatten().collect();
         matrices.push(embed);
@@ -186,7 +210,8 @@ impl GpuLlama {
         resident.extend(caches.into_iter().flat_map(|(k, v)| [k, v]));
         let report = GpuLoadReport {
             load_ms: start.elapsed().as_secs_f64() * 1e3,
-            pipeline_ms: kernels.cache.compile_ms(),
+            pipeline_ms,
+            warmup_ms,
             pipelines: kernels.cache.keys().len(),
             weight_bytes,
             kv_cache_bytes,
@@ -240,6 +265,28 @@ impl GpuLlama {
     /// The pipeline variant keys compiled at load.
     pub fn pipeline_keys(&self) -> Vec<String> {
         self.kernels.cache.keys()
+    }
+
+    /// Milliseconds per pipeline variant of one decode step at the current position, each
+    /// dispatch submitted and waited for alone (so it includes per-submit overhead): where a
+    /// step's time goes. Leaves the sequence as it was (writes only past its end).
+    pub fn profile_decode(&mut self) -> Result<Vec<(String, f64)>, WorkerError> {
+        let ctx = self.kernels.ctx.clone();
+        ctx.queue.write_buffer(&self.tokens, 0, &0u32.to_le_bytes());
+        ctx.queue.write_buffer(&self.step, 0, &Step::new(1, self.len).to_bytes());
+        ctx.queue.write_buffer(&self.step_last, 0, &Step::new(1, self.len).to_bytes());
+        let mut totals: Vec<(String, f64)> = Vec::new();
+        for dispatch in self.decode.iter().chain(&self.head) {
+            let start = std::time::Instant::now();
+            self.kernels.run(&[dispatch], 1)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            match totals.iter_mut().find(|(label, _)| *label == dispatch.label) {
+                Some((_, total)) => *total += ms,
+                None => totals.push((dispatch.label.clone(), ms)),
+            }
+        }
+        totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(totals)
     }
 
     /// Runs `tokens` after the cached ones (in chunks of up to [`MAX_PASS_TOKENS`]), and reads
@@ -298,5 +345,24 @@ impl GpuLlama {
             let logit = f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
             Ok(Output::Argmax { token, logit })
         }
+    }
+}
+
+impl crate::generate::Sequence for GpuLlama {
+    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<crate::generate::Next, WorkerError> {
+        use crate::generate::Next;
+        Ok(match self.forward(tokens, !greedy)? {
+            Output::Argmax { token, .. } => Next::Token(token),
+            Output::Logits(logits) => Next::Logits(logits),
+        })
+    }
+    fn fits(&self, tokens: usize) -> bool {
+        GpuLlama::fits(self, tokens)
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn context(&self) -> usize {
+        self.context
     }
 }

@@ -3,7 +3,7 @@
 //! Every kernel family is one file in `shaders/` (stem shared with its CPU op), included at
 //! compile time. A [`Variant`] specialises a family by a few constants the Rust side writes in
 //! front of the source (workgroup size, token tile, weight storage type), and its [`Variant::key`]
-//! (`matmul_q4_1_t4_wg64`) is both the wgpu label and the cache key, so a validation message
+//! (`matmul_q4_1_t4_l8_wg64`) is both the wgpu label and the cache key, so a validation message
 //! names the exact variant.
 //!
 //! [`Dims`] and [`Step`] mirror `shaders/common.wgsl`'s structs byte for byte (compile-time
@@ -143,15 +143,17 @@ pub struct Variant {
     pub tile: u32,
     /// The weight storage type (embedding, matmul).
     pub weights: Option<StorageType>,
+    /// Invocations per weight row (matmul only; 1..=8, a divisor of 8).
+    pub lanes: u32,
 }
 
 impl Variant {
     pub fn new(family: Family, wg: u32) -> Self {
-        Variant { family, wg, tile: 1, weights: None }
+        Variant { family, wg, tile: 1, weights: None, lanes: 1 }
     }
 
     pub fn weights(family: Family, ty: StorageType, tile: u32, wg: u32) -> Self {
-        Variant { family, wg, tile, weights: Some(ty) }
+        Variant { family, wg, tile, weights: Some(ty), lanes: 1 }
     }
 
     /// `family[_type][_tN]_wgN`: the wgpu label and the cache key.
@@ -162,7 +164,7 @@ impl Variant {
             key.push_str(ty.name());
         }
         if self.family == Family::Matmul {
-            key.push_str(&format!("_t{}", self.tile));
+            key.push_str(&format!("_t{}_l{}", self.tile, self.lanes));
         }
         key.push_str(&format!("_wg{}", self.wg));
         key
@@ -171,7 +173,7 @@ impl Variant {
     /// The module source: variant constants, common.wgsl, weights.wgsl when the family reads
     /// stored weights, then the family's file.
     pub fn source(&self) -> String {
-        let mut src = format!("// variant {}\nconst WG: u32 = {}u;\nconst TILE: u32 = {}u;\n", self.key(), self.wg, self.tile);
+        let mut src = format!("// variant {}\nconst WG: u32 = {}u;\nconst TILE: u32 = {}u;\nconst LANES: u32 = {}u;\n", self.key(), self.wg, self.tile, self.lanes);
         if let Some(ty) = self.weights {
             let (code, words) = weight_code(ty);
             src.push_str(&format!("const WTYPE: u32 = {code}u;\nconst BLOCK_WORDS: u32 = {words}u;\n"));
