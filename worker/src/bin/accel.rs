@@ -4,13 +4,13 @@
 //! accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
 //!                [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
 //!                [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks 4]]
-//! accel logits   --model M --prompt TEXT [--top N] [--chat] --json
+//! accel logits   --model M --prompt TEXT [--top N] [--chat] [--backend cpu|gpu] --json
 //! accel embed    --model M [--json] TEXT...
 //! accel pack     INPUT --out DIR [--precision P] [--precision-config FILE] [--shard-mb N] [--name NAME]
 //! accel eval     --model M --text FILE [--json] [--reference R]
 //! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N]
 //!                (an embedding model: [--batch 16] [--reps 3] → sentences/s)
-//!                [--activations int16,f32] [--json]
+//!                [--activations int16,f32] [--backend cpu|gpu [--profile]] [--json]
 //! ```
 //! Errors print one line, `error: <Name>: <message>`, and exit 1 (2 for usage errors).
 
@@ -43,6 +43,7 @@ USAGE:
                    [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
                    [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks N]]
     accel logits   --model M --prompt TEXT [--top N] [--chat] [--json] [--activations int16|f32]
+                   [--backend cpu|gpu]
     accel embed    --model M [--json] TEXT...
     accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N]
                    [--activations int16,f32] [--backend cpu|gpu [--profile]] [--json]
@@ -314,8 +315,16 @@ of FILE's lines to those of --reference R.
         let (m, context) = load(args)?;
         let ids = prompt_ids(args, &m)?;
         let top_n: usize = args.number("top", 10)?;
-        let mut state = m.model.new_state(context);
-        let logits = m.model.forward(&mut state, &ids, false)?;
+        let logits = match args.backend()? {
+            Backend::Cpu => m.model.forward(&mut m.model.new_state(context), &ids, false)?,
+            #[cfg(feature = "gpu")]
+            Backend::Gpu => match load_gpu(&m, context)?.forward(&ids, true)? {
+                worker::gpu::llama::Output::Logits(logits) => logits,
+                worker::gpu::llama::Output::Argmax { .. } => unreachable!("forward(.., true) returns logits"),
+            },
+            #[cfg(not(feature = "gpu"))]
+            Backend::Gpu => unreachable!("Args::backend refuses gpu without the feature"),
+        };
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let top: Vec<_> = order.iter().take(top_n).map(|&i| json!([i, logits[i]])).collect();
@@ -389,6 +398,9 @@ of FILE's lines to those of --reference R.
             let agreement = embedding_agreement(&load_embedder(&path)?, &load_embedder(std::path::Path::new(reference))?, &sentences)?;
             serde_json::to_value(agreement).unwrap_or_default()
         } else {
+            if args.backend()? == Backend::Gpu {
+                return Err(WorkerError::InvalidParameter { reason: "accel eval runs on the cpu backend only (all-token logits are not on the gpu backend yet)".into() }.into());
+            }
             // load() applies --activations.
             let (m, _) = load(args)?;
             serde_json::to_value(perplexity(&m.model, &m.tokenizer, &text, 128)?).unwrap_or_default()
