@@ -9,7 +9,7 @@ export ACCEL_CACHE ?= $(HOME)/.cache/ipfs-accelerate
 # tests/webdriver.json (software WebGPU included).
 WASM_TEST_ENV := CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json
 
-.PHONY: setup web demo serve test test-native test-wasm test-browser bench bench-quick bench-peers clean
+.PHONY: setup web demo serve test test-native test-gpu test-wasm test-browser bench bench-quick bench-peers clean
 
 setup:
 	@scripts/setup.sh
@@ -26,9 +26,17 @@ serve:
 test: setup
 	@$(MAKE) --no-print-directory test-native test-wasm web test-browser
 
-## Native Rust tests (engine, format, cache policy, protocol).
+## Native Rust tests (engine, format, cache policy, protocol), built once with the wgpu backend
+## (`worker/gpu`), so the GPU suites (gpu_kernels, gpu_llama) run here too on lavapipe — the
+## Vulkan-on-CPU driver scripts/setup.sh installs (mesa-vulkan-drivers). ACCEL_REQUIRE_GPU=1
+## turns "SKIPPED: no Vulkan adapter" into a failure, so a missing driver cannot pass.
 test-native:
-	cargo test --workspace
+	ACCEL_REQUIRE_GPU=1 cargo test --workspace --features worker/gpu
+
+## Only the GPU suites: every WGSL kernel against its CPU op, SmolLM2 on the gpu backend
+## against the CPU backend and the fixture.
+test-gpu:
+	ACCEL_REQUIRE_GPU=1 cargo test -p worker --features gpu --test gpu_kernels --test gpu_llama
 
 ## Rust tests inside headless Chromium (dedicated worker, IndexedDB, WebGPU adapter).
 test-wasm:

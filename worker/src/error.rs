@@ -87,6 +87,27 @@ pub enum WorkerError {
     #[error("no generation with request id {target} is running in this worker (it may have finished already)")]
     StreamNotFound { target: u64 },
 
+    /// No GPU backend here: built without the `gpu` feature, no adapter, or the adapter
+    /// refused a device. `--backend cpu` always works.
+    #[error("the GPU backend is unavailable: {reason}")]
+    GpuUnavailable { reason: String },
+
+    /// The GPU device was lost (driver reset, device destroyed, browser reclaimed it). Reload
+    /// the model to get a new device, or fall back to the CPU backend.
+    #[error("the GPU device was lost ({reason}); load the model again, or use the cpu backend")]
+    GpuDeviceLost { reason: String },
+
+    /// A GPU resource the engine created failed validation (an engine bug or a driver limit the
+    /// engine did not check): reported instead of reading back zeros.
+    #[error("GPU validation error: {message}")]
+    GpuValidation { message: String },
+
+    /// A tensor larger than one storage-buffer binding of this adapter (`limit` names the
+    /// WebGPU limit): the model cannot run on this GPU as packed; use the cpu backend, or a
+    /// smaller precision for that tensor.
+    #[error("tensor {tensor} needs {bytes} bytes in one GPU binding but this adapter's {limit} is {max}; use --backend cpu or pack that tensor smaller")]
+    GpuLimit { tensor: String, bytes: u64, limit: &'static str, max: u64 },
+
     /// A packed model's manifest or shard failed validation (the `sw` crate owns the format;
     /// its error keeps its own name: ManifestError, ManifestVersionError, IntegrityError).
     #[error(transparent)]
@@ -115,6 +136,10 @@ impl WorkerError {
             WorkerError::BackendUnavailable { .. } => "BackendUnavailableError",
             WorkerError::Aborted { .. } => "AbortError",
             WorkerError::MemoryLimit { .. } => "MemoryLimitError",
+            WorkerError::GpuUnavailable { .. } => "GpuUnavailableError",
+            WorkerError::GpuDeviceLost { .. } => "GpuDeviceLostError",
+            WorkerError::GpuValidation { .. } => "GpuValidationError",
+            WorkerError::GpuLimit { .. } => "GpuLimitError",
             WorkerError::Package(inner) => inner.name(),
         }
     }

@@ -69,6 +69,88 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// What a forward pass hands the sampler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The last token's logits over the vocabulary.
+    Logits(Vec<f32>),
+    /// The greedy token, chosen by the backend (asked for only when sampling is plain greedy).
+    Token(u32),
+}
+
+/// A model with its sequence state, as the generator drives it: the CPU's [`Llama`] +
+/// [`LlamaState`], or a backend that keeps its own KV cache (the GPU's `GpuLlama`).
+pub trait Sequence {
+    /// Runs `tokens` after the cached ones. With `greedy`, the backend may return only the
+    /// argmax ([`Next::Token`]); otherwise it returns the last token's logits.
+    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<Next, WorkerError>;
+    /// Whether `tokens` more fit (sliding the window if there is one).
+    fn fits(&self, tokens: usize) -> bool;
+    /// Tokens held.
+    fn len(&self) -> usize;
+    /// Capacity in positions.
+    fn context(&self) -> usize;
+}
+
+impl<S: Sequence + ?Sized> Sequence for &mut S {
+    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<Next, WorkerError> {
+        (**self).forward_next(tokens, greedy)
+    }
+    fn fits(&self, tokens: usize) -> bool {
+        (**self).fits(tokens)
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn context(&self) -> usize {
+        (**self).context()
+    }
+}
+
+/// The CPU backend as a [`Sequence`].
+struct CpuSequence<'a> {
+    model: &'a Llama,
+    state: &'a mut LlamaState,
+}
+
+impl Sequence for CpuSequence<'_> {
+    fn forward_next(&mut self, tokens: &[u32], _greedy: bool) -> Result<Next, WorkerError> {
+        self.model.forward(self.state, tokens, false).map(Next::Logits)
+    }
+    fn fits(&self, tokens: usize) -> bool {
+        self.state.fits(tokens)
+    }
+    fn len(&self) -> usize {
+        self.state.len()
+    }
+    fn context(&self) -> usize {
+        self.state.context()
+    }
+}
+
+/// [`generate`] over any [`Sequence`] (e.g. the GPU backend).
+pub fn generate_on(
+    sequence: &mut dyn Sequence,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    params: &GenerateParams,
+    mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+) -> Result<Generation, WorkerError> {
+    let mut generator = Generator::on(Box::new(sequence), tokenizer, prompt_ids, params)?;
+    loop {
+        match generator.step()? {
+            Step::Prefilled { .. } => {}
+            Step::Token(token) => {
+                if on_token(&token.event()).is_break() {
+                    generator.cancel();
+                }
+            }
+            Step::Done => break,
+        }
+    }
+    generator.finish()
+}
+
 /// One streamed token: its id, the text it made visible (may be empty while a character or a
 /// possible stop sequence is incomplete), and its index among generated tokens.
 #[derive(Debug, Clone)]
@@ -140,9 +222,8 @@ impl GeneratedToken {
 /// worker yields to its event loop there, to answer pause / resume / cancel. [`generate`] is the
 /// plain loop over it; both give the same tokens.
 pub struct Generator<'a> {
-    model: &'a Llama,
+    sequence: Box<dyn Sequence + 'a>,
     tokenizer: &'a Tokenizer,
-    state: &'a mut LlamaState,
     prompt_ids: &'a [u32],
     params: &'a GenerateParams,
     sampler: Sampler,
@@ -150,7 +231,7 @@ pub struct Generator<'a> {
     decoder: TokenStreamDecoder,
     /// Prompt tokens through the model so far.
     prefilled: usize,
-    logits: Vec<f32>,
+    next: Next,
     history: Vec<u32>,
     token_ids: Vec<u32>,
     text: String,
@@ -174,24 +255,32 @@ impl<'a> Generator<'a> {
     /// As [`Generator::new`] for a `state` that already holds the first `prefilled` prompt
     /// tokens (then call [`Generator::prefilled_before`]).
     pub fn after_prefix(model: &'a Llama, tokenizer: &'a Tokenizer, state: &'a mut LlamaState, prompt_ids: &'a [u32], params: &'a GenerateParams, prefilled: usize) -> Result<Self, WorkerError> {
+        Self::on_after_prefix(Box::new(CpuSequence { model, state }), tokenizer, prompt_ids, params, prefilled)
+    }
+
+    /// The same over any [`Sequence`] (a backend holding its own KV cache).
+    pub fn on(sequence: Box<dyn Sequence + 'a>, tokenizer: &'a Tokenizer, prompt_ids: &'a [u32], params: &'a GenerateParams) -> Result<Self, WorkerError> {
+        Self::on_after_prefix(sequence, tokenizer, prompt_ids, params, 0)
+    }
+
+    fn on_after_prefix(sequence: Box<dyn Sequence + 'a>, tokenizer: &'a Tokenizer, prompt_ids: &'a [u32], params: &'a GenerateParams, prefilled: usize) -> Result<Self, WorkerError> {
         if prompt_ids.is_empty() {
             return Err(WorkerError::Tokenizer { reason: "the prompt encodes to no tokens; give it some text".into() });
         }
-        if !state.fits(prompt_ids.len().saturating_sub(prefilled)) {
-            return Err(WorkerError::ContextOverflow { tokens: state.len() + prompt_ids.len(), context: state.context() });
+        if !sequence.fits(prompt_ids.len().saturating_sub(prefilled)) {
+            return Err(WorkerError::ContextOverflow { tokens: sequence.len() + prompt_ids.len(), context: sequence.context() });
         }
         let start = now_ms();
         Ok(Generator {
-            model,
+            sequence,
             tokenizer,
-            state,
             prompt_ids,
             params,
             sampler: Sampler::new(params.sampler.clone())?,
             stops: StopMatcher::new(params.stop_sequences.clone()),
             decoder: tokenizer.stream_decoder(true),
             prefilled: 0,
-            logits: Vec::new(),
+            next: Next::Logits(Vec::new()),
             history: prompt_ids.to_vec(),
             token_ids: Vec::new(),
             text: String::new(),
@@ -211,7 +300,7 @@ impl<'a> Generator<'a> {
     /// token includes that work.
     pub fn prefilled_before(&mut self, tokens: usize, logits: Vec<f32>, start: f64) {
         self.prefilled = tokens.min(self.prompt_ids.len());
-        self.logits = logits;
+        self.next = Next::Logits(logits);
         self.start = start;
         if self.prefilled == self.prompt_ids.len() {
             self.prefill_ms = now_ms() - self.start;
@@ -228,7 +317,7 @@ impl<'a> Generator<'a> {
         let total = self.prompt_ids.len();
         if self.prefilled < total {
             let end = (self.prefilled + self.params.prefill_chunk.max(1)).min(total);
-            self.logits = self.model.forward(self.state, &self.prompt_ids[self.prefilled..end], false)?;
+            self.next = self.sequence.forward_next(&self.prompt_ids[self.prefilled..end], self.params.sampler.is_plain_greedy())?;
             self.prefilled = end;
             if end == total {
                 self.prefill_ms = now_ms() - self.start - self.excluded_ms;
@@ -240,12 +329,15 @@ impl<'a> Generator<'a> {
             return Ok(self.end(StopReason::MaxTokens));
         }
         if let Some(last) = self.pending.take() {
-            if !self.state.fits(1) {
+            if !self.sequence.fits(1) {
                 return Ok(self.end(StopReason::ContextFull));
             }
-            self.logits = self.model.forward(self.state, &[last], false)?;
+            self.next = self.sequence.forward_next(&[last], self.params.sampler.is_plain_greedy())?;
         }
-        let next = self.sampler.sample(&self.logits, &self.history);
+        let next = match &self.next {
+            Next::Token(id) => *id,
+            Next::Logits(logits) => self.sampler.sample(logits, &self.history),
+        };
         self.token_ids.push(next);
         self.history.push(next);
         if self.token_ids.len() == 1 {

@@ -13,6 +13,8 @@ pub mod clock;
 pub mod error;
 pub mod formats;
 pub mod generate;
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub mod gpu;
 pub mod loader;
 pub mod memory;
 pub mod model_slot;

@@ -121,6 +121,12 @@ impl SamplerConfig {
         Ok(())
     }
 
+    /// Plain greedy decoding: the argmax of the raw logits, no penalties. A backend may then
+    /// pick the token itself (the GPU reads back one id instead of the vocabulary's logits).
+    pub fn is_plain_greedy(&self) -> bool {
+        (self.temperature == 0.0 || self.top_k == 1) && !self.penalties_active()
+    }
+
     fn penalties_active(&self) -> bool {
         self.penalty_last_n > 0
             && (self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0)

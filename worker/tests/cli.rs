@@ -81,3 +81,18 @@ fn sliding_window_runs_past_the_context_and_activations_are_selectable() {
     assert_eq!(code, 2, "an unknown path is a usage error: {err}");
     assert!(err.contains("int16"), "{err}");
 }
+
+/// `--backend gpu` (a build with the `gpu` feature, on lavapipe natively): the same greedy
+/// tokens as the cpu backend, the same JSON shape. Skips loudly without an adapter.
+#[cfg(feature = "gpu")]
+#[test]
+fn generate_runs_on_the_gpu_backend() {
+    if common::gpu::gpu().is_none() {
+        return;
+    }
+    let gguf = smollm2_gguf();
+    let (code, json, err) = accel(&["generate", "--model", gguf.to_str().unwrap(), "--prompt", "Once upon a time, there was a little", "--max-tokens", "4", "--backend", "gpu", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["token_ids"], serde_json::json!([8180, 3365, 20391, 617]), "{json}");
+    assert!(err.contains("pipelines created"), "the load reports its pipeline time: {err}");
+}

@@ -4,13 +4,13 @@
 //! accel generate --model M --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
 //!                [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
 //!                [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks 4]]
-//! accel logits   --model M --prompt TEXT [--top N] [--chat] --json
+//! accel logits   --model M --prompt TEXT [--top N] [--chat] [--backend cpu|gpu] --json
 //! accel embed    --model M [--json] TEXT...
 //! accel pack     INPUT --out DIR [--precision P] [--precision-config FILE] [--shard-mb N] [--name NAME]
 //! accel eval     --model M --text FILE [--json] [--reference R]
 //! accel bench    --model M [--prompt-tokens 128] [--gen-tokens 64] [--reps 3] [--threads N]
 //!                (an embedding model: [--batch 16] [--reps 3] → sentences/s)
-//!                [--activations int16,f32] [--json]
+//!                [--activations int16,f32] [--backend cpu|gpu [--profile]] [--json]
 //! ```
 //! Errors print one line, `error: <Name>: <message>`, and exit 1 (2 for usage errors).
 
@@ -43,9 +43,10 @@ USAGE:
                    [--top-p P] [--seed S] [--backend cpu|gpu] [--chat] [--json] [--threads N]
                    [--activations int16|f32] [--context N] [--sliding-window [--attention-sinks N]]
     accel logits   --model M --prompt TEXT [--top N] [--chat] [--json] [--activations int16|f32]
+                   [--backend cpu|gpu]
     accel embed    --model M [--json] TEXT...
     accel bench    --model M [--prompt-tokens N] [--gen-tokens N] [--reps N] [--threads N]
-                   [--activations int16,f32] [--json]
+                   [--activations int16,f32] [--backend cpu|gpu [--profile]] [--json]
     accel pack     INPUT --out DIR [--precision keep|f32|f16|q8|q4|q3|q2|mixed]
                    [--precision-config FILE] [--shard-mb 32] [--name NAME] [--json]
     accel eval     --model M --text FILE [--json] [--activations int16|f32] [--reference R]
@@ -57,6 +58,8 @@ of FILE's lines to those of --reference R.
 
 --activations int16 (default): activations quantized to 16 bits per block for exact integer
     products with Q4_0/Q4_1/Q8_0 weights (logits within ~1e-3 of f32); f32: the exact path.
+--backend gpu: wgpu (Vulkan natively; needs a build with --features gpu), f32 activations,
+    greedy tokens chosen on the GPU.
 --context N (default 2048): KV-cache positions. --sliding-window: when the cache is full, drop
     the oldest tokens after the first --attention-sinks N (default 4) instead of stopping.
 ";
@@ -170,10 +173,16 @@ of FILE's lines to those of --reference R.
         }
 
         fn check_backend(&self) -> Result<(), Failure> {
+            self.backend().map(|_| ())
+        }
+
+        /// `--backend cpu|gpu|auto` (default cpu). `gpu` needs a build with `--features gpu`.
+        fn backend(&self) -> Result<Backend, Failure> {
             match self.get("backend").unwrap_or("cpu") {
-                "cpu" | "auto" => Ok(()),
-                "gpu" => Err(Failure::Engine(WorkerError::InvalidParameter {
-                    reason: "the gpu backend (wgpu) arrives with the WebGPU issue (#5); use --backend cpu".into(),
+                "cpu" | "auto" => Ok(Backend::Cpu),
+                "gpu" if cfg!(feature = "gpu") => Ok(Backend::Gpu),
+                "gpu" => Err(Failure::Engine(WorkerError::GpuUnavailable {
+                    reason: "this accel was built without the `gpu` feature; rebuild with `cargo build --release -p worker --features gpu`, or use --backend cpu".into(),
                 })),
                 other => Err(Failure::Usage(format!("--backend {other:?}: expected cpu or gpu"))),
             }
@@ -203,6 +212,43 @@ of FILE's lines to those of --reference R.
         }
     }
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Backend {
+        Cpu,
+        Gpu,
+    }
+
+    /// The model's weights, KV cache for `context` positions and every pipeline on the GPU.
+    #[cfg(feature = "gpu")]
+    fn load_gpu(m: &TextModel, context: usize) -> Result<worker::gpu::GpuLlama, Failure> {
+        let ctx = worker::gpu::GpuContext::new()?;
+        let gpu = worker::gpu::GpuLlama::load(ctx, &m.model, context)?;
+        let r = &gpu.report;
+        eprintln!("[gpu: {}; loaded in {:.0} ms: {} pipelines created in {:.0} ms, warm-up passes {:.0} ms]", r.adapter, r.load_ms, r.pipelines, r.pipeline_ms, r.warmup_ms);
+        Ok(gpu)
+    }
+
+    /// Runs `generate` on the chosen backend.
+    fn generate_with(
+        backend: Backend,
+        m: &TextModel,
+        state: &mut worker::models::llama::LlamaState,
+        ids: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(&worker::generate::TokenEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<worker::generate::Generation, Failure> {
+        match backend {
+            Backend::Cpu => Ok(generate(&m.model, &m.tokenizer, state, ids, params, on_token)?),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu => {
+                let mut gpu = load_gpu(m, state.context())?;
+                Ok(worker::generate::generate_on(&mut gpu, &m.tokenizer, ids, params, on_token)?)
+            }
+            #[cfg(not(feature = "gpu"))]
+            Backend::Gpu => unreachable!("Args::backend refuses gpu without the feature"),
+        }
+    }
+
     fn load(args: &Args) -> Result<(TextModel, usize), Failure> {
         args.apply_threads()?;
         args.check_backend()?;
@@ -228,7 +274,11 @@ of FILE's lines to those of --reference R.
             state = state.slide(args.number("attention-sinks", 4usize)?);
         }
         let json = args.flag("json");
-        let out = generate(&m.model, &m.tokenizer, &mut state, &ids, &params, |event| {
+        let backend = args.backend()?;
+        if backend == Backend::Gpu && args.flag("sliding-window") {
+            return Err(WorkerError::InvalidParameter { reason: "--sliding-window is not implemented on the gpu backend yet; use --backend cpu".into() }.into());
+        }
+        let out = generate_with(backend, &m, &mut state, &ids, &params, |event| {
             if !json {
                 use std::io::Write;
                 print!("{}", event.text);
@@ -265,8 +315,16 @@ of FILE's lines to those of --reference R.
         let (m, context) = load(args)?;
         let ids = prompt_ids(args, &m)?;
         let top_n: usize = args.number("top", 10)?;
-        let mut state = m.model.new_state(context);
-        let logits = m.model.forward(&mut state, &ids, false)?;
+        let logits = match args.backend()? {
+            Backend::Cpu => m.model.forward(&mut m.model.new_state(context), &ids, false)?,
+            #[cfg(feature = "gpu")]
+            Backend::Gpu => match load_gpu(&m, context)?.forward(&ids, true)? {
+                worker::gpu::llama::Output::Logits(logits) => logits,
+                worker::gpu::llama::Output::Argmax { .. } => unreachable!("forward(.., true) returns logits"),
+            },
+            #[cfg(not(feature = "gpu"))]
+            Backend::Gpu => unreachable!("Args::backend refuses gpu without the feature"),
+        };
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let top: Vec<_> = order.iter().take(top_n).map(|&i| json!([i, logits[i]])).collect();
@@ -340,6 +398,9 @@ of FILE's lines to those of --reference R.
             let agreement = embedding_agreement(&load_embedder(&path)?, &load_embedder(std::path::Path::new(reference))?, &sentences)?;
             serde_json::to_value(agreement).unwrap_or_default()
         } else {
+            if args.backend()? == Backend::Gpu {
+                return Err(WorkerError::InvalidParameter { reason: "accel eval runs on the cpu backend only (all-token logits are not on the gpu backend yet)".into() }.into());
+            }
             // load() applies --activations.
             let (m, _) = load(args)?;
             serde_json::to_value(perplexity(&m.model, &m.tokenizer, &text, 128)?).unwrap_or_default()
@@ -374,6 +435,10 @@ of FILE's lines to those of --reference R.
         }
         ids.truncate(prompt_tokens);
         let params = GenerateParams { max_tokens: gen_tokens, ..GenerateParams::default() };
+        #[cfg(feature = "gpu")]
+        if args.backend()? == Backend::Gpu {
+            return bench_gpu(args, &m, &ids, &params, reps, load_ms, &path);
+        }
         let mut model = m.model;
         let mut results = vec![];
         for activations in args.activations("int16,f32")? {
@@ -407,6 +472,48 @@ of FILE's lines to those of --reference R.
             "load_ms": load_ms,
             "peak_rss_bytes": peak_rss_bytes(),
             "results": results,
+        }))
+    }
+
+    /// `accel bench --backend gpu`: the same measurement on the GPU backend (f32 activations,
+    /// greedy argmax on the GPU), plus the adapter and the pipeline compile time.
+    #[cfg(feature = "gpu")]
+    fn bench_gpu(args: &Args, m: &TextModel, ids: &[u32], params: &GenerateParams, reps: usize, load_ms: f64, path: &std::path::Path) -> Result<(), Failure> {
+        let mut gpu = load_gpu(m, ids.len() + params.max_tokens + 1)?;
+        let mut tok = m.tokenizer.clone();
+        tok.eos_ids.clear();
+        let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
+        for _ in 0..reps {
+            gpu.reset();
+            let out = worker::generate::generate_on(&mut gpu, &tok, ids, params, |_| std::ops::ControlFlow::Continue(()))?;
+            prefill.push(out.timings.prefill_tokens_per_s);
+            decode.push(out.timings.decode_tokens_per_s);
+            ttft.push(out.timings.time_to_first_token_ms);
+        }
+        let r = gpu.report.clone();
+        // --profile: each decode dispatch alone, summed per pipeline variant (where a step goes).
+        let profile = if args.flag("profile") { Some(gpu.profile_decode()?.into_iter().map(|(k, ms)| json!([k, ms])).collect::<Vec<_>>()) } else { None };
+        print_bench(args, json!({
+            "decode_profile_ms": profile,
+            "engine": "accel-gpu",
+            "model": path.display().to_string(),
+            "adapter": r.adapter,
+            "prompt_tokens": ids.len(),
+            "gen_tokens": params.max_tokens,
+            "reps": reps,
+            "load_ms": load_ms + r.load_ms,
+            "gpu_load_ms": r.load_ms,
+            "pipeline_compile_ms": r.pipeline_ms,
+            "pipeline_warmup_ms": r.warmup_ms,
+            "pipelines": r.pipelines,
+            "gpu_weight_bytes": r.weight_bytes,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "results": [{
+                "activations": "f32",
+                "prefill_tokens_per_s": summary(prefill),
+                "decode_tokens_per_s": summary(decode),
+                "time_to_first_token_ms": summary(ttft),
+            }],
         }))
     }
 

@@ -28,3 +28,20 @@ pub fn fixture(name: &str) -> serde_json::Value {
 pub fn ids(value: &serde_json::Value) -> Vec<u32> {
     value.as_array().expect("an array of ids").iter().map(|v| v.as_u64().expect("an id") as u32).collect()
 }
+
+/// The GPU for the `gpu` feature's tests: an adapter, or `None` after printing
+/// `SKIPPED: no Vulkan adapter` — and a failure instead when `ACCEL_REQUIRE_GPU=1` (what
+/// `make test-gpu` sets), so a run without a driver never passes silently.
+#[cfg(feature = "gpu")]
+pub mod gpu {
+    pub fn gpu() -> Option<std::sync::Arc<worker::gpu::GpuContext>> {
+        match worker::gpu::GpuContext::new() {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                assert!(std::env::var("ACCEL_REQUIRE_GPU").as_deref() != Ok("1"), "ACCEL_REQUIRE_GPU=1 but {e}");
+                eprintln!("SKIPPED: no Vulkan adapter ({e})");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! SmolLM2-135M (Q4_1 GGUF: Q4_1 projections, Q8_0 tied embedding / LM head, F32 norms) on the
+//! GPU backend against the CPU backend and the fixture: the first 8 greedy tokens exactly, and
+//! first-step logits within 5e-2 of the CPU's over the whole vocabulary. Also prints the decode
+//! rate (lavapipe natively). Skips loudly without an adapter (see gpu_kernels.rs).
+#![cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+
+mod common;
+
+use common::{fixture, ids, smollm2_gguf};
+use worker::formats::gguf::GgufFile;
+use worker::gpu::llama::Output;
+use worker::gpu::GpuLlama;
+use worker::models::llama::Llama;
+use worker::tensor::{Activations, SharedBytes};
+
+fn cpu_model() -> Llama {
+    let bytes = std::fs::read(smollm2_gguf()).expect("read the GGUF");
+    let file = GgufFile::parse(&bytes, "smollm2").expect("parse");
+    let mut model = Llama::from_gguf(&file, SharedBytes::from_vec(bytes)).expect("load");
+    // The GPU keeps activations in f32: compare with the CPU's f32 path.
+    model.activations = Activations::F32;
+    model
+}
+
+#[test]
+fn smollm2_on_the_gpu_matches_the_cpu_and_the_fixture() {
+    let Some(ctx) = common::gpu::gpu() else { return };
+    let model = cpu_model();
+    let mut gpu = GpuLlama::load(ctx, &model, 64).expect("GPU load");
+    eprintln!("GPU load: {:?}", gpu.report);
+
+    let f = fixture("smollm2_once_upon.json");
+    let prompt = ids(&f["prompt_ids"]);
+    let cpu_logits = model.forward(&mut model.new_state(64), &prompt, false).unwrap();
+    let Output::Logits(gpu_logits) = gpu.forward(&prompt, true).unwrap() else { panic!("asked for logits") };
+    let (at, worst) = cpu_logits.iter().zip(&gpu_logits).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0f32), |w, (i, d)| if d > w.1 || d.is_nan() { (i, d) } else { w });
+    eprintln!("first-step logits: worst |Δ| gpu vs cpu = {worst:.2e} at token {at} (cpu {}, gpu {})", cpu_logits[at], gpu_logits[at]);
+    assert!(worst <= 5e-2, "token {at}: gpu {} vs cpu {}", gpu_logits[at], cpu_logits[at]);
+
+    // Greedy decoding with argmax on the GPU (8 bytes read back per step).
+    gpu.reset();
+    let want = ids(&f["greedy_ids"]);
+    let mut got = vec![];
+    let Output::Argmax { mut token, .. } = gpu.forward(&prompt, false).unwrap() else { panic!("asked for argmax") };
+    let start = std::time::Instant::now();
+    for _ in 0..8 {
+        got.push(token);
+        let Output::Argmax { token: next, .. } = gpu.forward(&[token], false).unwrap() else { panic!("asked for argmax") };
+        token = next;
+    }
+    let rate = 8.0 / start.elapsed().as_secs_f64();
+    eprintln!("GPU decode: {rate:.2} tokens/s ({})", gpu.report.adapter);
+    assert_eq!(got, want[..8], "first 8 greedy tokens");
+}
+
+#[test]
+fn bad_input_is_refused_by_name_and_changes_nothing() {
+    let Some(ctx) = common::gpu::gpu() else { return };
+    let model = cpu_model();
+    let mut gpu = GpuLlama::load(ctx, &model, 8).expect("GPU load");
+    assert_eq!(gpu.forward(&[49_152], false).unwrap_err().name(), "TokenizerError");
+    assert_eq!(gpu.forward(&[1; 9], false).unwrap_err().name(), "ContextOverflowError");
+    assert_eq!(gpu.forward(&[], false).unwrap_err().name(), "ProtocolError");
+    assert!(gpu.is_empty(), "refused calls leave the cache empty");
+}
