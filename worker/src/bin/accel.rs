@@ -480,7 +480,7 @@ of FILE's lines to those of --reference R.
     #[cfg(feature = "gpu")]
     fn bench_gpu(args: &Args, m: &TextModel, ids: &[u32], params: &GenerateParams, reps: usize, load_ms: f64, path: &std::path::Path) -> Result<(), Failure> {
         let mut gpu = load_gpu(m, ids.len() + params.max_tokens + 1)?;
-        let mut tok = m.tokenizer.clone();
+        let mut tok = (*m.tokenizer).clone();
         tok.eos_ids.clear();
         let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
         for _ in 0..reps {
