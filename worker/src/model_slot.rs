@@ -359,6 +359,12 @@ impl ModelSlot {
     }
 }
 
+impl std::fmt::Debug for ModelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSlot").field("model_id", &self.model_id).field("state", &self.state()).field("resident", &self.resident_components()).finish()
+    }
+}
+
 /// Keeps a KV cache counted in its slot's ledger (see [`ModelSlot::hold_kv_cache`]).
 pub struct KvCacheHold {
     slot: Rc<ModelSlot>,
