@@ -30,6 +30,8 @@ test: setup
 ## (`worker/gpu`), so the GPU suites (gpu_kernels, gpu_llama) run here too on lavapipe — the
 ## Vulkan-on-CPU driver scripts/setup.sh installs (mesa-vulkan-drivers). ACCEL_REQUIRE_GPU=1
 ## turns "SKIPPED: no Vulkan adapter" into a failure, so a missing driver cannot pass.
+## Cost of the GPU part (2 shared cores): ~7 min more for a fresh debug build (wgpu, naga, ash),
+## ~45 s more test time (gpu_kernels ~5 s, gpu_llama ~25 s, the CLI's gpu test ~15 s).
 test-native:
 	ACCEL_REQUIRE_GPU=1 cargo test --workspace --features worker/gpu
 

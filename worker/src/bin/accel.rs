@@ -120,7 +120,7 @@ of FILE's lines to those of --reference R.
         positional: Vec<String>,
     }
 
-    const BOOLEAN_FLAGS: &[&str] = &["json", "chat", "sliding-window"];
+    const BOOLEAN_FLAGS: &[&str] = &["json", "chat", "sliding-window", "profile"];
 
     impl Args {
         fn parse(raw: &[String]) -> Result<Args, Failure> {
