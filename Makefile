@@ -9,7 +9,7 @@ export ACCEL_CACHE ?= $(HOME)/.cache/ipfs-accelerate
 # tests/webdriver.json (software WebGPU included).
 WASM_TEST_ENV := CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json
 
-.PHONY: setup web demo serve test test-native test-gpu test-wasm test-browser bench bench-quick bench-peers clean
+.PHONY: setup web demo serve test test-native test-gpu xdg-runtime test-wasm test-browser bench bench-quick bench-peers clean
 
 setup:
 	@scripts/setup.sh
@@ -32,13 +32,18 @@ test: setup
 ## turns "SKIPPED: no Vulkan adapter" into a failure, so a missing driver cannot pass.
 ## Cost of the GPU part (2 shared cores): ~7 min more for a fresh debug build (wgpu, naga, ash),
 ## ~45 s more test time (gpu_kernels ~5 s, gpu_llama ~25 s, the CLI's gpu test ~15 s).
-test-native:
+test-native: xdg-runtime
 	ACCEL_REQUIRE_GPU=1 cargo test --workspace --features worker/gpu
 
 ## Only the GPU suites: every WGSL kernel against its CPU op, SmolLM2 on the gpu backend
 ## against the CPU backend and the fixture.
-test-gpu:
+test-gpu: xdg-runtime
 	ACCEL_REQUIRE_GPU=1 cargo test -p worker --features gpu --test gpu_kernels --test gpu_llama
+
+# Mesa's Vulkan loader complains on every device when XDG_RUNTIME_DIR is unset (CI, containers).
+export XDG_RUNTIME_DIR ?= $(CURDIR)/target/xdg-runtime
+xdg-runtime:
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
 
 ## Rust tests inside headless Chromium (dedicated worker, IndexedDB, WebGPU adapter).
 test-wasm:

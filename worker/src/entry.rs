@@ -348,7 +348,7 @@ async fn check_backend(backend: Option<&str>) -> Result<(), WorkerError> {
                 Some(reason) => reason,
                 None => "this build of the engine has no WebGPU backend yet (the WASM CPU backend runs every model)".into(),
             };
-            Err(WorkerError::BackendUnavailable { backend: name.to_owned(), reason })
+            Err(WorkerError::BackendUnavailable { backend: name.to_owned(), reason: format!("{reason}; load with backend 'wasm' (or 'auto')") })
         }
         other => Err(WorkerError::InvalidParameter { reason: format!("unknown backend {other:?}; use 'auto', 'wasm' or 'webgpu'") }),
     }

@@ -70,8 +70,9 @@ pub enum WorkerError {
     #[error("model {model_id} has no resident {component:?} (it was unloaded with unloadComponent); load the model again to use it")]
     ComponentNotLoaded { model_id: String, component: String },
 
-    /// The backend a load asked for cannot run here.
-    #[error("the {backend} backend is unavailable: {reason}; load with backend 'wasm' (or 'auto')")]
+    /// The backend a load asked for cannot run here: the browser has no usable WebGPU adapter,
+    /// the build lacks the backend (`--features gpu` natively), or the adapter refused a device.
+    #[error("the {backend} backend is unavailable: {reason}")]
     BackendUnavailable { backend: String, reason: String },
 
     /// Loading a model would take the engine past the memory limit the host set.
@@ -86,11 +87,6 @@ pub enum WorkerError {
     /// failed or was cancelled, or the id is not a generation's).
     #[error("no generation with request id {target} is running in this worker (it may have finished already)")]
     StreamNotFound { target: u64 },
-
-    /// No GPU backend here: built without the `gpu` feature, no adapter, or the adapter
-    /// refused a device. `--backend cpu` always works.
-    #[error("the GPU backend is unavailable: {reason}")]
-    GpuUnavailable { reason: String },
 
     /// The GPU device was lost (driver reset, device destroyed, browser reclaimed it). Reload
     /// the model to get a new device, or fall back to the CPU backend.
@@ -136,7 +132,6 @@ impl WorkerError {
             WorkerError::BackendUnavailable { .. } => "BackendUnavailableError",
             WorkerError::Aborted { .. } => "AbortError",
             WorkerError::MemoryLimit { .. } => "MemoryLimitError",
-            WorkerError::GpuUnavailable { .. } => "GpuUnavailableError",
             WorkerError::GpuDeviceLost { .. } => "GpuDeviceLostError",
             WorkerError::GpuValidation { .. } => "GpuValidationError",
             WorkerError::GpuLimit { .. } => "GpuLimitError",

@@ -181,7 +181,8 @@ of FILE's lines to those of --reference R.
             match self.get("backend").unwrap_or("cpu") {
                 "cpu" | "auto" => Ok(Backend::Cpu),
                 "gpu" if cfg!(feature = "gpu") => Ok(Backend::Gpu),
-                "gpu" => Err(Failure::Engine(WorkerError::GpuUnavailable {
+                "gpu" => Err(Failure::Engine(WorkerError::BackendUnavailable {
+                    backend: "gpu".into(),
                     reason: "this accel was built without the `gpu` feature; rebuild with `cargo build --release -p worker --features gpu`, or use --backend cpu".into(),
                 })),
                 other => Err(Failure::Usage(format!("--backend {other:?}: expected cpu or gpu"))),

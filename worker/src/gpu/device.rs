@@ -42,12 +42,12 @@ impl std::fmt::Debug for GpuContext {
 }
 
 impl GpuContext {
-    /// The first adapter wgpu offers (high performance preferred), or `GpuUnavailableError`.
+    /// The first adapter wgpu offers (high performance preferred), or `BackendUnavailableError`.
     pub fn new() -> Result<Arc<Self>, WorkerError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let adapter = super::block_on(instance.request_adapter(&options))
-            .map_err(|e| WorkerError::GpuUnavailable { reason: format!("no GPU adapter ({e}); install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu") })?;
+            .map_err(|e| WorkerError::BackendUnavailable { backend: "gpu".into(), reason: format!("no GPU adapter ({e}); install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu") })?;
         Self::from_adapter(&adapter)
     }
 
@@ -88,7 +88,7 @@ impl GpuContext {
             Err(_) => {
                 let plain = wgpu::Limits::default();
                 let (d, q) = super::block_on(adapter.request_device(&descriptor(wgpu::Features::empty(), plain.clone())))
-                    .map_err(|e| WorkerError::GpuUnavailable { reason: format!("the adapter {} refused a device: {e}", info.name) })?;
+                    .map_err(|e| WorkerError::BackendUnavailable { backend: "gpu".into(), reason: format!("the adapter {} refused a device: {e}", info.name) })?;
                 (d, q, wgpu::Features::empty(), plain)
             }
         };
