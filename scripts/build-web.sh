@@ -57,6 +57,9 @@ pack minilm-l6 "$CACHE/minilm" f32
 # they share the tokenizer shard, as packs of one tokenizer do.
 pack minilm-l6-q8 "$CACHE/minilm" q8 --shard-mb 4
 pack minilm-l6-q4 "$CACHE/minilm" q4 --shard-mb 4
+# SmolLM2 again in 8 MB shards, for the progressive-loading test: with many shards the last one
+# holds only a few layers, so what follows its last byte is little compute, as with a big model.
+pack smollm2-135m-8mb "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" keep --shard-mb 8
 # The source files too, for the file-level cache demo and tests (fetchFile).
 ln -s "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIST.tmp/models/smollm2-135m/"
 for f in model.safetensors tokenizer.json config.json; do
