@@ -10,6 +10,10 @@
 //!   taken from min and max. With few levels the extremes waste range: a block of 32 Gaussian
 //!   values has two outliers, and spending a whole level on each costs the 30 others precision.
 //!
+//! When packing, matrices whose inputs the calibration pass saw go through GPTQ instead
+//! ([`super::gptq`]), which uses this search for each block's starting grid; this module alone
+//! serves the rest (the embedding/LM head, and any matrix GPTQ could not factor).
+//!
 //! The min/scale search, per block of 32:
 //!
 //! 1. Starting points: min/max (d = (max − min) / nmax, m = min); the same range divided by
