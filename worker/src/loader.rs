@@ -207,7 +207,7 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
     use crate::models::gguf_source::GgufSource;
     use crate::models::hf_llama::HfLlamaNames;
     use crate::models::llama::LlamaConfig;
-    use crate::pack::{build, PackHints, Recording};
+    use crate::pack::{build, Recording};
 
     let default_name = sanitize_name(&input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let name = name.map(str::to_owned).unwrap_or(default_name);
@@ -222,9 +222,10 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let config = LlamaConfig::from_gguf(&file)?;
             let source = GgufSource::importing(&file, bytes.clone(), "llama");
             let recording = Recording::new(&source);
-            let activation_stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
+            let model = Llama::load(&recording, config.clone())?;
             let keep_as = source.imported.as_ref().map(|i| i.borrow().iter().cloned().collect()).unwrap_or_default();
-            build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, keep_as })
+            let calibrated = llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &keep_as))?;
+            build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(keep_as))
         }
         ModelPathKind::HfDirectory => {
             let config_path = input.join("config.json");
@@ -237,15 +238,16 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
                     let source = SafetensorsSource::new(weights, "llama");
                     let names = HfLlamaNames(&source);
                     let recording = Recording::new(&names);
-                    let activation_stats = llama_activation_stats(&Llama::load(&recording, config.clone())?, &tokenizer, precision)?;
-                    build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
+                    let model = Llama::load(&recording, config.clone())?;
+                    let calibrated = llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &Default::default()))?;
+                    build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(Default::default()))
                 }
                 HfConfig::Bert(config) => {
                     let source = SafetensorsSource::new(weights, "bert").with_prefix("bert.");
                     let recording = Recording::new(&source);
                     let embedder = Embedder::new(Bert::load(&recording, config.clone())?, tokenizer.clone());
-                    let activation_stats = bert_activation_stats(&embedder, precision)?;
-                    build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
+                    let calibrated = bert_calibration(&embedder, precision, recording.gptq_targets(precision, &Default::default()))?;
+                    build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(Default::default()))
                 }
             }
         }
@@ -254,45 +256,66 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let tokenizer = pack.tokenizer()?;
             let recording = Recording::new(&pack);
             let architecture = pack.manifest.architecture.clone();
-            let activation_stats = match architecture.as_str() {
-                "llama" => llama_activation_stats(&Llama::load(&recording, pack.hyperparameters()?)?, &tokenizer, precision)?,
-                "bert" => bert_activation_stats(&Embedder::new(Bert::load(&recording, pack.hyperparameters()?)?, tokenizer.clone()), precision)?,
+            let calibrated = match architecture.as_str() {
+                "llama" => {
+                    let model = Llama::load(&recording, pack.hyperparameters()?)?;
+                    llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &Default::default()))?
+                }
+                "bert" => {
+                    let embedder = Embedder::new(Bert::load(&recording, pack.hyperparameters()?)?, tokenizer.clone());
+                    bert_calibration(&embedder, precision, recording.gptq_targets(precision, &Default::default()))?
+                }
                 other => return Err(WorkerError::UnsupportedArchitecture { architecture: other.to_owned() }),
             };
             let hyperparameters = pack.manifest.hyperparameters.clone();
-            build(recording, &name, &architecture, hyperparameters, &tokenizer, precision, shard_bytes, &PackHints { activation_stats, ..Default::default() })
+            build(recording, &name, &architecture, hyperparameters, &tokenizer, precision, shard_bytes, &calibrated.hints(Default::default()))
         }
     }
 }
 
-/// Mean squares of every matrix input over the calibration text, in f32 (see
-/// `tensor::calibration`); skipped for `keep`, which re-encodes nothing.
+/// Runs the model over the calibration text in f32 (see `tensor::calibration`), quantizing
+/// the matrices of `targets` with GPTQ on the way (`pack::gptq_substitute`); records the mean
+/// square of every matrix input. Skipped for `keep`, which re-encodes nothing.
 #[cfg(not(target_arch = "wasm32"))]
-fn llama_activation_stats(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision) -> Result<ActivationStats, WorkerError> {
+fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
     if *precision == crate::pack::Precision::Keep {
-        return Ok(ActivationStats::new());
+        return Ok(Recorded::default());
     }
     let ids = tokenizer.encode(crate::pack::CALIBRATION_TEXT, false)?;
     let mut model = model.clone();
     model.activations = crate::tensor::Activations::F32;
     let mut state = model.new_state(ids.len());
     let ids = &ids[..ids.len().min(state.context())];
-    let (result, stats) = crate::tensor::calibration::record(|| model.forward(&mut state, ids, false));
-    result.map(|_| stats)
+    // One forward call over the whole text: each matrix sees every calibration token in one
+    // product, which sequential GPTQ needs.
+    let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets)), || model.forward(&mut state, ids, false));
+    result.map(|_| recorded)
 }
 
+/// [`llama_calibration`] for BERT: the calibration text's lines as one padded batch.
 #[cfg(not(target_arch = "wasm32"))]
-fn bert_activation_stats(embedder: &Embedder, precision: &crate::pack::Precision) -> Result<ActivationStats, WorkerError> {
+fn bert_calibration(embedder: &Embedder, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
     if *precision == crate::pack::Precision::Keep {
-        return Ok(ActivationStats::new());
+        return Ok(Recorded::default());
     }
     let lines: Vec<&str> = crate::pack::CALIBRATION_TEXT.lines().filter(|l| !l.trim().is_empty()).collect();
-    let (result, stats) = crate::tensor::calibration::record(|| embedder.embed(&lines));
-    result.map(|_| stats)
+    let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets)), || embedder.embed(&lines));
+    result.map(|_| recorded)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-type ActivationStats = std::collections::HashMap<String, Vec<f32>>;
+type GptqTargets = std::collections::HashMap<String, crate::quant::StorageType>;
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::tensor::calibration::Recorded;
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Recorded {
+    /// The packer's hints from a calibration run, with the GGUF import's `keep_as` types.
+    fn hints(self, keep_as: std::collections::HashMap<String, crate::quant::StorageType>) -> crate::pack::PackHints {
+        crate::pack::PackHints { activation_stats: self.mean_squares, quantized: self.substituted, keep_as }
+    }
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn hyperparameters_json(config: &impl serde::Serialize) -> Result<serde_json::Value, WorkerError> {

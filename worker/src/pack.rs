@@ -233,8 +233,13 @@ struct Entry {
     bytes: Vec<u8>,
 }
 
-/// Text the packer runs through the model to measure activation statistics (importance
-/// weights for the low-bit formats). Deliberately unrelated to the evaluation text.
+/// Text the packer runs through the model to measure activation statistics and quantize with
+/// GPTQ (2,247 SmolLM2 tokens). Deliberately unrelated to the evaluation text: the first part
+/// is our own prose; the rest is SmolLM2-135M-Instruct's own sampled answers to fifteen
+/// varied prompts (stories, explanations, code, recipes, letters; temperature 0.8, top-p 0.95),
+/// text the model finds typical. GPTQ needs more tokens than H has columns (1,536 for the
+/// feed-forward down projection): with the first part alone (555 tokens) it overfits and
+/// makes the mixed pack worse, not better.
 pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
 
 /// Importance per column of a matrix from its input's mean squares E[a_j²], floored at 1% of
@@ -252,6 +257,9 @@ pub struct PackHints {
     /// weights the rounding error of the min/scale formats; without an entry a matrix is
     /// fitted unweighted.
     pub activation_stats: std::collections::HashMap<String, Vec<f32>>,
+    /// Matrix name → the matrix already quantized by GPTQ during calibration ([`gptq_substitute`]);
+    /// used when its type is the target, instead of requantizing.
+    pub quantized: std::collections::HashMap<String, WeightMatrix>,
     /// Tensors imported from GGUF types the engine does not run (they arrive as f32): the type
     /// `keep` stores them as.
     pub keep_as: std::collections::HashMap<String, StorageType>,
@@ -283,14 +291,15 @@ pub fn build<S: TensorSource>(
                 Entry { component: component_of(&name), tensor: Some((vec![values.len() as u64], StorageType::F32)), bytes, name }
             }
             Recorded::Matrix(name, m) => {
-                let stored = hints.keep_as.get(&name).copied().unwrap_or(m.ty);
-                let mut target = precision.target(tensor_class(&name), stored);
-                if target.row_bytes(m.cols).is_none() {
-                    target = StorageType::F16;
-                }
+                let target = target_type(precision, &name, &m, &hints.keep_as);
                 // Statistics are keyed by the name the matrix carries (the source's own).
                 let importance = hints.activation_stats.get(&m.name).filter(|s| s.len() == m.cols).map(|s| importance_weights(s));
-                let bytes = if target == m.ty { m.stored_bytes().to_vec() } else { convert(&m, target, importance.as_deref()) };
+                let gptq = hints.quantized.get(&m.name).filter(|q| (q.ty, q.rows, q.cols) == (target, m.rows, m.cols));
+                let bytes = match gptq {
+                    _ if target == m.ty => m.stored_bytes().to_vec(),
+                    Some(q) => q.stored_bytes().to_vec(),
+                    None => convert(&m, target, importance.as_deref()),
+                };
                 Entry { component: component_of(&name), tensor: Some((vec![m.rows as u64, m.cols as u64], target)), bytes, name }
             }
         });
@@ -298,6 +307,72 @@ pub fn build<S: TensorSource>(
     // Stable sort: load order of components, the loader's order within one.
     entries.sort_by_key(|e| e.component.0);
     Ok(assemble(entries, name, architecture, hyperparameters, precision, shard_bytes))
+}
+
+/// The storage type matrix `m`, loaded as `name`, is packed in: the precision's choice for its
+/// class (from the type it is kept as, for imported types), or f16 when its rows are not whole
+/// blocks of that type.
+fn target_type(precision: &Precision, name: &str, m: &WeightMatrix, keep_as: &std::collections::HashMap<String, StorageType>) -> StorageType {
+    let stored = keep_as.get(name).copied().unwrap_or(m.ty);
+    let target = precision.target(tensor_class(name), stored);
+    if target.row_bytes(m.cols).is_some() {
+        target
+    } else {
+        StorageType::F16
+    }
+}
+
+impl<S> Recording<'_, S> {
+    /// The matrices GPTQ will quantize, by the name they carry, with their target types: those
+    /// requantized to a min/scale format, except the embedding and LM head. The embedding is
+    /// also a lookup table (its rows are used directly, not through inputs), and the
+    /// calibration pass computes the LM head for one token only, too few for a Gram matrix.
+    pub fn gptq_targets(&self, precision: &Precision, keep_as: &std::collections::HashMap<String, StorageType>) -> std::collections::HashMap<String, StorageType> {
+        let mut targets = std::collections::HashMap::new();
+        for recorded in self.seen.borrow().iter() {
+            if let Recorded::Matrix(name, m) = recorded {
+                let target = target_type(precision, name, m, keep_as);
+                if target != m.ty && quant::gptq::applies(target) && !matches!(tensor_class(name), "embedding" | "lm_head") {
+                    targets.insert(m.name.clone(), target);
+                }
+            }
+        }
+        targets
+    }
+}
+
+/// The calibration substitute (see [`crate::tensor::calibration`]) that quantizes each matrix of
+/// `targets` with GPTQ ([`quant::gptq`]) for the inputs it sees in the calibration pass. The
+/// last inputs' Gram matrix and factor are kept, since q/k/v and gate/up read the same input.
+pub fn gptq_substitute(targets: std::collections::HashMap<String, StorageType>) -> std::sync::Arc<crate::tensor::calibration::Substitute> {
+    use quant::gptq;
+    type Factors = (Vec<f32>, std::sync::Arc<(gptq::Gram, Option<Vec<f32>>)>);
+    let last: std::sync::Mutex<Option<Factors>> = std::sync::Mutex::new(None);
+    std::sync::Arc::new(move |m: &WeightMatrix, xs: &[f32]| {
+        let &target = targets.get(&m.name)?;
+        let factors = {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            match last.as_ref() {
+                Some((inputs, factors)) if inputs.as_slice() == xs => factors.clone(),
+                _ => {
+                    let gram = gptq::Gram::of(xs, m.cols);
+                    let u = gptq::inverse_cholesky_upper(&gram, gptq::DAMP);
+                    let factors = std::sync::Arc::new((gram, u));
+                    *last = Some((xs.to_vec(), factors.clone()));
+                    factors
+                }
+            }
+        };
+        let (gram, u) = &*factors;
+        let diag: Vec<f64> = (0..m.cols).map(|j| gram.h[j * m.cols + j]).collect();
+        let mut weights = vec![0f32; m.rows * m.cols];
+        for (r, row) in weights.chunks_exact_mut(m.cols).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        // No factor (H indefinite even when damped): None leaves the matrix to plain rounding.
+        let bytes = gptq::quantize_matrix(target, &weights, m.cols, u.as_deref()?, &diag, gptq::ColumnWeights::Compensated, Some(&gram.h));
+        WeightMatrix::new(&m.name, target, m.rows, m.cols, crate::tensor::SharedBytes::from_vec(bytes)).ok()
+    })
 }
 
 /// Re-encodes a matrix row by row (never the whole matrix in f32 at once).
@@ -455,6 +530,25 @@ mod tests {
             assert_eq!(err.name(), "InvalidParameterError", "{}", String::from_utf8_lossy(bad));
         }
         assert_eq!(Precision::parse("q8", Some(b"{}")).unwrap_err().name(), "InvalidParameterError");
+    }
+
+    /// The calibration substitute quantizes only its targets, to their type, and the same
+    /// matrix and inputs always give the same bytes (packs stay deterministic).
+    #[test]
+    fn gptq_substitute_is_deterministic_and_only_touches_its_targets() {
+        let mut rng = crate::quant::tests::Rng(17);
+        let (rows, cols, tokens) = (16, 64, 96);
+        let values: Vec<u8> = (0..rows * cols).flat_map(|_| rng.f32().to_le_bytes()).collect();
+        let matrix = |name: &str| WeightMatrix::new(name, StorageType::F32, rows, cols, crate::tensor::SharedBytes::from_vec(values.clone())).unwrap();
+        let xs: Vec<f32> = (0..tokens * cols).map(|_| rng.f32()).collect();
+        let targets: std::collections::HashMap<String, StorageType> = [("blk.0.ffn_up.weight".to_owned(), StorageType::Q2)].into();
+        let (first, second) = (gptq_substitute(targets.clone()), gptq_substitute(targets));
+        let a = first(&matrix("blk.0.ffn_up.weight"), &xs).unwrap();
+        assert_eq!((a.ty, a.rows, a.cols), (StorageType::Q2, rows, cols));
+        assert_eq!(a.stored_bytes(), second(&matrix("blk.0.ffn_up.weight"), &xs).unwrap().stored_bytes());
+        // Again through the cached factor of the same inputs.
+        assert_eq!(a.stored_bytes(), first(&matrix("blk.0.ffn_up.weight"), &xs).unwrap().stored_bytes());
+        assert!(first(&matrix("blk.0.attn_q.weight"), &xs).is_none());
     }
 
     #[test]

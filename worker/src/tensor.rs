@@ -131,8 +131,15 @@ impl WeightMatrix {
     pub fn matmul(&self, xs: &[f32], ys: &mut [f32], t: usize, activations: Activations) {
         debug_assert_eq!((xs.len(), ys.len()), (t * self.cols, t * self.rows));
         if calibration::active() {
-            calibration::observe(&self.name, xs, self.cols);
+            if let Some(replacement) = calibration::observe(self, xs) {
+                return replacement.product(xs, ys, t, activations);
+            }
         }
+        self.product(xs, ys, t, activations)
+    }
+
+    /// [`WeightMatrix::matmul`] without the calibration hook.
+    fn product(&self, xs: &[f32], ys: &mut [f32], t: usize, activations: Activations) {
         let prepared = Prepared::new(self.ty, xs, t, activations);
         if t == 1 {
             return for_each_chunk(ys, ROWS_PER_TASK, |first, chunk| self.product_rows(first, chunk, &prepared));
@@ -244,44 +251,93 @@ pub fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Send +
     items.into_iter().map(f).collect()
 }
 
-/// Activation statistics for importance-weighted quantization (`accel pack`): while
+/// What the packer learns from running the model on calibration text (`accel pack`): while
 /// [`calibration::record`] runs a model, every matrix product notes the mean square of each
-/// input column, E[a_j²] — the weight of column j's rounding error in the product's output.
+/// input column, E[a_j²] — the weight of column j's rounding error in the product's output —
+/// and, when the packer supplies a [`calibration::Substitute`], hands the matrix and its inputs
+/// to it and continues with the replacement it returns.
+///
+/// Substitution is what makes GPTQ sequential: the replacement (the matrix as it will be
+/// packed) computes the product's output, so every later matrix is quantized for the inputs it
+/// will really see — those of the already quantized layers before it, errors included. This
+/// needs each matrix to see all calibration tokens in one product, which holds because the
+/// calibration pass is one forward call (a prefill of the whole text, or one padded batch for
+/// BERT); a matrix is substituted on its first product and reused after that.
 pub mod calibration {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use super::WeightMatrix;
+
+    /// The packer's quantizer: a matrix and its calibration inputs ([tokens, cols]) → the
+    /// matrix to continue with, or None to keep it.
+    pub type Substitute = dyn Fn(&WeightMatrix, &[f32]) -> Option<WeightMatrix> + Send + Sync;
+
+    /// What one recording found.
+    #[derive(Default)]
+    pub struct Recorded {
+        /// Matrix name → mean square of each input column.
+        pub mean_squares: HashMap<String, Vec<f32>>,
+        /// Matrix name → the replacement the substitute returned.
+        pub substituted: HashMap<String, WeightMatrix>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        /// Per matrix name: Σ a_j² per column and the number of rows seen.
+        sums: HashMap<String, (Vec<f64>, u64)>,
+        substitute: Option<Arc<Substitute>>,
+        substituted: HashMap<String, WeightMatrix>,
+    }
 
     static ACTIVE: AtomicBool = AtomicBool::new(false);
-    /// Per matrix name: Σ a_j² per column and the number of rows seen.
-    static STATS: Mutex<Option<HashMap<String, (Vec<f64>, u64)>>> = Mutex::new(None);
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
 
     #[inline]
     pub(crate) fn active() -> bool {
         ACTIVE.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn observe(name: &str, xs: &[f32], cols: usize) {
-        let mut guard = STATS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (sums, rows) = guard.get_or_insert_with(HashMap::new).entry(name.to_owned()).or_insert_with(|| (vec![0.0; cols], 0));
-        for row in xs.chunks_exact(cols) {
-            for (s, &a) in sums.iter_mut().zip(row) {
-                *s += a as f64 * a as f64;
-            }
-            *rows += 1;
-        }
+    fn state() -> std::sync::MutexGuard<'static, Option<State>> {
+        STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` (a forward pass over calibration text) and returns, per matrix name, the mean
-    /// square of each input column. One recording at a time (the statistics are global).
-    pub fn record<R>(f: impl FnOnce() -> R) -> (R, HashMap<String, Vec<f32>>) {
-        *STATS.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
+    /// Notes the inputs `xs` ([t, cols]) of a product with `w`; returns the matrix to compute
+    /// it with instead of `w`, if the substitute replaced it (now or on an earlier product).
+    pub(crate) fn observe(w: &WeightMatrix, xs: &[f32]) -> Option<WeightMatrix> {
+        let substitute = {
+            let mut guard = state();
+            let state = guard.get_or_insert_with(State::default);
+            let (sums, rows) = state.sums.entry(w.name.clone()).or_insert_with(|| (vec![0.0; w.cols], 0));
+            for row in xs.chunks_exact(w.cols) {
+                for (s, &a) in sums.iter_mut().zip(row) {
+                    *s += a as f64 * a as f64;
+                }
+                *rows += 1;
+            }
+            if let Some(done) = state.substituted.get(&w.name) {
+                return Some(done.clone());
+            }
+            state.substitute.clone()?
+        };
+        // Quantizing takes seconds and runs its own parallel loops: not under the lock.
+        let replacement = substitute(w, xs)?;
+        state().get_or_insert_with(State::default).substituted.insert(w.name.clone(), replacement.clone());
+        Some(replacement)
+    }
+
+    /// Runs `f` (a forward pass over calibration text), with `substitute` deciding what each
+    /// matrix becomes; returns, per matrix name, the mean square of each input column and the
+    /// replacements. One recording at a time (the statistics are global).
+    pub fn record<R>(substitute: Option<Arc<Substitute>>, f: impl FnOnce() -> R) -> (R, Recorded) {
+        *state() = Some(State { substitute, ..State::default() });
         ACTIVE.store(true, Ordering::Relaxed);
         let result = f();
         ACTIVE.store(false, Ordering::Relaxed);
-        let stats = STATS.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
-        let means = stats.into_iter().map(|(name, (sums, rows))| (name, sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect())).collect();
-        (result, means)
+        let state = state().take().unwrap_or_default();
+        let mean_squares = state.sums.into_iter().map(|(name, (sums, rows))| (name, sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect())).collect();
+        (result, Recorded { mean_squares, substituted: state.substituted })
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod f16;
 pub mod f32;
 pub mod ggml_import;
+pub mod gptq;
 pub mod integer;
 pub mod q2;
 pub mod q3;

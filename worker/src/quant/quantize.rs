@@ -10,6 +10,10 @@
 //!   taken from min and max. With few levels the extremes waste range: a block of 32 Gaussian
 //!   values has two outliers, and spending a whole level on each costs the 30 others precision.
 //!
+//! When packing, matrices whose inputs the calibration pass saw go through GPTQ instead
+//! ([`super::gptq`]), which uses this search for each block's starting grid; this module alone
+//! serves the rest (the embedding/LM head, and any matrix GPTQ could not factor).
+//!
 //! The min/scale search, per block of 32:
 //!
 //! 1. Starting points: min/max (d = (max − min) / nmax, m = min); the same range divided by
@@ -69,7 +73,7 @@ pub fn quantize_row_weighted(ty: StorageType, values: &[f32], importance: Option
 }
 
 /// nmax of the min/scale formats (q ∈ 0..=nmax).
-fn max_level(ty: StorageType) -> u8 {
+pub(crate) fn max_level(ty: StorageType) -> u8 {
     match ty {
         StorageType::Q4_1 => 15,
         StorageType::Q3 => 7,
@@ -79,7 +83,7 @@ fn max_level(ty: StorageType) -> u8 {
 
 /// Appends one Q4_1, Q3 or Q2 block: d, m, then the values packed as the format's file
 /// describes.
-fn push_min_scale_block(ty: StorageType, fit: &Fit, out: &mut Vec<u8>) {
+pub(crate) fn push_min_scale_block(ty: StorageType, fit: &Fit, out: &mut Vec<u8>) {
     out.extend_from_slice(&fit.d.to_le_bytes());
     out.extend_from_slice(&fit.m.to_le_bytes());
     let q = &fit.q;

@@ -1,0 +1,440 @@
+//! GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+//! Pre-trained Transformers") for the min/scale formats Q4_1, Q3 and Q2: quantize a matrix so
+//! that its *products* on calibration inputs change as little as possible, not its weights.
+//!
+//! For a matrix W (rows × cols, y = W·x) and calibration inputs X (tokens × cols), the error of
+//! row r is (w − ŵ)ᵀ H (w − ŵ) with H = XᵀX ([`Gram`], cols × cols). Rounding each weight on its
+//! own ignores H's off-diagonal part: inputs are strongly correlated in a transformer, so the
+//! error of one column can be largely cancelled by nudging the columns that move with it.
+//! GPTQ walks the columns in order; after rounding column j it spreads the error over the
+//! columns not yet rounded, optimally for H (the OBS update), using the upper Cholesky factor
+//! U of H⁻¹ (H⁻¹ = UᵀU):
+//!
+//! ```text
+//! e = (w_j − ŵ_j) / U_jj;   w_k −= e · U_jk   for every k > j
+//! ```
+//!
+//! **Fixed blocks.** Our formats give every 32 consecutive weights of a row one f16 scale d and
+//! min m. So the walk goes block by block: at the start of a block, d and m are chosen from
+//! the block's *current* values (already corrected for the errors of earlier blocks) with the
+//! least-squares search of [`super::quantize`], weighting column j by 1 / U_jj² (the cost of
+//! an error in column j once the later columns have compensated what they can; see
+//! [`ColumnWeights`]); then the block's 32 columns are rounded one by one on that grid, each
+//! error spreading to the rest of the row. (GPTQ's act-order, which walks columns by
+//! decreasing H_jj, does not fit fixed blocks: a block's scale would be chosen before most of
+//! its values were final. Not done.)
+//!
+//! **Refit.** Once a row's codes are all known, every block's (d, m) is re-chosen jointly by
+//! least squares in H ([`refit_scales`]): the grids GPTQ picked from still-moving values move
+//! to where the final codes want them (kept only when the stored, f16-rounded result is better).
+//!
+//! **Damping.** H is singular when the calibration text has fewer tokens than H has columns,
+//! and ill-conditioned anyway; as in the paper, [`DAMP`] × mean(diag H) is added to the
+//! diagonal before factoring. Columns that the calibration never excites then get a small
+//! positive weight instead of none.
+//!
+//! Rows are independent given U, so they run in parallel; everything is deterministic (the
+//! same weights and inputs give the same bytes).
+
+use super::quantize::{fit_weighted, max_level, push_min_scale_block, Fit, Search};
+use super::{StorageType, BLOCK};
+
+/// Fraction of the mean diagonal added to H's diagonal before factoring. The paper uses 1%
+/// with ~260k calibration tokens; with our ~2k, H is a noisy estimate and 1% overfits it
+/// (SmolLM2 mixed: perplexity 94.98 at 1%, 78.18 at 10%, 105.3 at 100%, before the refit).
+pub const DAMP: f64 = 0.1;
+
+/// Whether GPTQ applies to `ty`: the min/scale formats (Q8_0 and the float types are close
+/// enough to exact that plain rounding is what llama.cpp and everyone else do).
+pub fn applies(ty: StorageType) -> bool {
+    matches!(ty, StorageType::Q4_1 | StorageType::Q3 | StorageType::Q2)
+}
+
+/// H = XᵀX of one matrix's inputs: cols × cols, symmetric, row-major, in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gram {
+    pub cols: usize,
+    pub h: Vec<f64>,
+    /// How many input rows (tokens) were summed.
+    pub tokens: usize,
+}
+
+impl Gram {
+    /// H of `xs` ([tokens, cols], row-major). Each entry is one f64 dot product of two input
+    /// columns, computed independently (in parallel natively), so the result does not depend on
+    /// the thread count.
+    pub fn of(xs: &[f32], cols: usize) -> Gram {
+        assert!(cols > 0 && xs.len() % cols == 0, "{} inputs is not a whole number of rows of {cols}", xs.len());
+        let tokens = xs.len() / cols;
+        // Columns as contiguous f64 vectors: [cols, tokens].
+        let mut columns = vec![0f64; cols * tokens];
+        for (t, row) in xs.chunks_exact(cols).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                columns[j * tokens + t] = v as f64;
+            }
+        }
+        let column = |j: usize| &columns[j * tokens..][..tokens];
+        // Row i holds H_ij for j ≥ i; the lower triangle is mirrored afterwards.
+        let upper = crate::tensor::parallel_map((0..cols).collect(), |i| (i..cols).map(|j| dot_f64(column(i), column(j))).collect::<Vec<f64>>());
+        let mut h = vec![0f64; cols * cols];
+        for (i, row) in upper.into_iter().enumerate() {
+            for (k, v) in row.into_iter().enumerate() {
+                h[i * cols + i + k] = v;
+                h[(i + k) * cols + i] = v;
+            }
+        }
+        Gram { cols, h, tokens }
+    }
+
+    /// Mean square of each input column, E[a_j²] = H_jj / tokens.
+    pub fn mean_squares(&self) -> Vec<f32> {
+        (0..self.cols).map(|j| (self.h[j * self.cols + j] / self.tokens.max(1) as f64) as f32).collect()
+    }
+}
+
+/// Eight independent f64 accumulators (vectorizes; fixed summation order).
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// In-place lower Cholesky factor of the n × n symmetric `a` (row-major; only the lower
+/// triangle is read, the upper is zeroed). None when `a` is not positive definite.
+fn cholesky_lower(a: &mut [f64], n: usize) -> Option<()> {
+    for i in 0..n {
+        for j in 0..=i {
+            let (row_i, row_j) = (&a[i * n..][..j], &a[j * n..][..j]);
+            let s = a[i * n + j] - dot_f64(row_i, row_j);
+            if i == j {
+                if !(s > 0.0 && s.is_finite()) {
+                    return None;
+                }
+                a[i * n + i] = s.sqrt();
+            } else {
+                a[i * n + j] = s / a[j * n + j];
+            }
+        }
+        a[i * n + i + 1..(i + 1) * n].fill(0.0);
+    }
+    Some(())
+}
+
+/// The inverse of a lower-triangular n × n matrix with a positive diagonal (row-major), row by
+/// row: row i of L⁻¹ is (e_i − Σ_{k<i} L_ik · row k of L⁻¹) / L_ii.
+fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
+    let mut inv = vec![0f64; n * n];
+    for i in 0..n {
+        let mut row = vec![0f64; i + 1];
+        row[i] = 1.0;
+        for k in 0..i {
+            let c = l[i * n + k];
+            if c != 0.0 {
+                for (r, &v) in row.iter_mut().zip(&inv[k * n..][..=k]) {
+                    *r -= c * v;
+                }
+            }
+        }
+        let d = l[i * n + i];
+        for (o, r) in inv[i * n..][..=i].iter_mut().zip(row) {
+            *o = r / d;
+        }
+    }
+    inv
+}
+
+/// The upper Cholesky factor U of (H + λI)⁻¹, (H + λI)⁻¹ = UᵀU, as f32 (cols × cols,
+/// row-major), with λ = `damp` × mean(diag H); λ grows tenfold (up to four times) if the
+/// damped H is still not positive definite. None only for a matrix that stays indefinite.
+///
+/// Without forming the inverse: with P the order-reversing permutation and P(H + λI)P = L̃L̃ᵀ,
+/// (H + λI)⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P), and P L̃⁻¹ P is upper triangular with a positive
+/// diagonal — so U = P L̃⁻¹ P: one Cholesky and one triangular inverse.
+pub fn inverse_cholesky_upper(gram: &Gram, damp: f64) -> Option<Vec<f32>> {
+    let n = gram.cols;
+    let mean_diag = (0..n).map(|j| gram.h[j * n + j]).sum::<f64>() / n.max(1) as f64;
+    // An all-zero H (inputs never seen) still needs a positive definite matrix.
+    let mut lambda = damp * if mean_diag > 0.0 { mean_diag } else { 1.0 };
+    for _ in 0..5 {
+        let mut reversed = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                reversed[i * n + j] = gram.h[(n - 1 - i) * n + (n - 1 - j)];
+            }
+            reversed[i * n + i] += lambda;
+        }
+        if cholesky_lower(&mut reversed, n).is_some() {
+            let inv = invert_lower(&reversed, n);
+            let mut u = vec![0f32; n * n];
+            for i in 0..n {
+                for j in i..n {
+                    u[i * n + j] = inv[(n - 1 - i) * n + (n - 1 - j)] as f32;
+                }
+            }
+            return Some(u);
+        }
+        lambda *= 10.0;
+    }
+    None
+}
+
+/// How a block's columns are weighted when its scale and min are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnWeights {
+    /// 1 / U_jj²: what an error left in column j costs after the later columns compensated it
+    /// (the OBS loss of rounding w_j alone).
+    Compensated,
+    /// H_jj: the mean square of the input (the plain importance weighting, no compensation).
+    InputPower,
+}
+
+/// GPTQ of a whole matrix: `weights` is rows × cols row-major f32, `u` from
+/// [`inverse_cholesky_upper`] for this matrix's inputs; returns the matrix stored as `ty`
+/// (one of [`applies`]' types), rows in order.
+///
+/// # Panics
+/// When `ty` is not a min/scale format, or the sizes disagree (programming errors: the packer
+/// checks shapes before it gets here).
+pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32], h_diag: &[f64], weighting: ColumnWeights, refit: Option<&[f64]>) -> Vec<u8> {
+    assert!(applies(ty), "GPTQ does not apply to {}", ty.name());
+    assert!(cols % BLOCK == 0 && weights.len() % cols == 0 && u.len() == cols * cols && h_diag.len() == cols);
+    let column_weights: Vec<f32> = match weighting {
+        ColumnWeights::Compensated => (0..cols).map(|j| 1.0 / (u[j * cols + j] * u[j * cols + j])).collect(),
+        ColumnWeights::InputPower => h_diag.iter().map(|&v| v as f32).collect(),
+    };
+    let rows: Vec<&[f32]> = weights.chunks_exact(cols).collect();
+    let encoded = crate::tensor::parallel_map(rows, |row| {
+        let mut out = Vec::with_capacity(ty.row_bytes(cols).unwrap_or(0));
+        let mut fits = quantize_row(ty, row, u, &column_weights);
+        if let Some(h) = refit {
+            refit_scales(row, h, &mut fits);
+        }
+        for fit in &fits {
+            push_min_scale_block(ty, fit, &mut out);
+        }
+        out
+    });
+    encoded.concat()
+}
+
+/// The row's reconstruction from its blocks' (d, m, q).
+fn reconstruct(fits: &[Fit]) -> Vec<f64> {
+    fits.iter().flat_map(|f| f.q.iter().map(move |&q| f.d.to_f64() * q as f64 + f.m.to_f64())).collect()
+}
+
+/// (w − ŵ)ᵀ H (w − ŵ) for one row.
+fn row_error(w: &[f32], what: &[f64], h: &[f64]) -> f64 {
+    let e: Vec<f64> = w.iter().zip(what).map(|(&a, b)| a as f64 - b).collect();
+    let n = e.len();
+    (0..n).map(|i| e[i] * dot_f64(&h[i * n..][..n], &e)).sum()
+}
+
+/// Given the codes, re-chooses every block's (d, m) of a row jointly to minimize the row's
+/// product error (w − ŵ)ᵀ H (w − ŵ), ŵ_j = d_b·q_j + m_b for j in block b: linear least squares
+/// in the 2·blocks unknowns, (AᵀHA)θ = AᵀHw. GPTQ chose each block's grid from values that
+/// were still moving; this puts the grids where the codes, all known now, want them. Kept only
+/// when it lowers the error with the f16-rounded values actually stored.
+fn refit_scales(w: &[f32], h: &[f64], fits: &mut [Fit]) {
+    let (n, k) = (w.len(), 2 * fits.len());
+    // Column c of A: q_j (c = 2b) or 1 (c = 2b + 1) on block b's columns, 0 elsewhere.
+    let a = |c: usize, j: usize| if j / BLOCK != c / 2 { 0.0 } else if c % 2 == 0 { fits[c / 2].q[j % BLOCK] as f64 } else { 1.0 };
+    // HA: n × k, column c = Σ_{j in its block} H[:, j]·A[j, c].
+    let mut ha = vec![0f64; n * k];
+    for (h_row, ha_row) in h.chunks_exact(n).zip(ha.chunks_exact_mut(k)) {
+        for (b, fit) in fits.iter().enumerate() {
+            let hb = &h_row[b * BLOCK..][..BLOCK];
+            ha_row[2 * b] = hb.iter().zip(&fit.q).map(|(&v, &q)| v * q as f64).sum();
+            ha_row[2 * b + 1] = hb.iter().sum();
+        }
+    }
+    let mut ata = vec![0f64; k * k];
+    let mut atw = vec![0f64; k];
+    for c in 0..k {
+        let block = c / 2 * BLOCK;
+        for j in block..block + BLOCK {
+            let ajc = a(c, j);
+            for (e, &v) in ata[c * k..][..k].iter_mut().zip(&ha[j * k..][..k]) {
+                *e += ajc * v;
+            }
+        }
+        atw[c] = (0..n).map(|i| ha[i * k + c] * w[i] as f64).sum();
+    }
+    // A tiny ridge keeps a block whose codes are all equal (d free) solvable.
+    let ridge = 1e-9 * (0..k).map(|c| ata[c * k + c]).sum::<f64>() / k as f64;
+    (0..k).for_each(|c| ata[c * k + c] += ridge);
+    if cholesky_lower(&mut ata, k).is_none() {
+        return;
+    }
+    // Solve L y = b, then Lᵀ θ = y.
+    let mut y = atw;
+    for i in 0..k {
+        y[i] = (y[i] - dot_f64(&ata[i * k..][..i], &y[..i])) / ata[i * k + i];
+    }
+    for i in (0..k).rev() {
+        let s: f64 = (i + 1..k).map(|r| ata[r * k + i] * y[r]).sum();
+        y[i] = (y[i] - s) / ata[i * k + i];
+    }
+    let before = row_error(w, &reconstruct(fits), h);
+    let candidate: Vec<Fit> = fits.iter().enumerate().map(|(b, f)| Fit { d: half::f16::from_f64(y[2 * b]), m: half::f16::from_f64(y[2 * b + 1]), q: f.q, err: f.err }).collect();
+    let after = row_error(w, &reconstruct(&candidate), h);
+    if after.is_finite() && after < before {
+        fits.clone_from_slice(&candidate);
+    }
+}
+
+/// One row's GPTQ walk (module header): the blocks' stored (d, m, q), in order.
+fn quantize_row(ty: StorageType, row: &[f32], u: &[f32], column_weights: &[f32]) -> Vec<Fit> {
+    let (cols, nmax) = (row.len(), max_level(ty));
+    let mut w = row.to_vec();
+    let mut fits = Vec::with_capacity(cols / BLOCK);
+    for start in (0..cols).step_by(BLOCK) {
+        let mut fit = fit_weighted(&w[start..start + BLOCK], &column_weights[start..start + BLOCK], nmax, Search::LeastSquares);
+        let (d, m) = (fit.d.to_f32(), fit.m.to_f32());
+        for j in start..start + BLOCK {
+            // Round on the block's grid (as `quantize::assign`), then spread the error.
+            let q = if d != 0.0 { ((w[j] - m) / d).round().clamp(0.0, nmax as f32) as u8 } else { 0 };
+            fit.q[j - start] = q;
+            let e = (w[j] - (d * q as f32 + m)) / u[j * cols + j];
+            for (wk, &ujk) in w[j + 1..].iter_mut().zip(&u[j * cols + j + 1..(j + 1) * cols]) {
+                *wk -= e * ujk;
+            }
+        }
+        fits.push(fit);
+    }
+    fits
+}
+
+/// The output error Σ_r (w_r − ŵ_r)ᵀ H (w_r − ŵ_r) = ‖X Wᵀ − X Ŵᵀ‖² of a quantized matrix
+/// (for tests and diagnostics).
+pub fn output_error(weights: &[f32], quantized: &[f32], gram: &Gram) -> f64 {
+    let n = gram.cols;
+    weights
+        .chunks_exact(n)
+        .zip(quantized.chunks_exact(n))
+        .map(|(w, q)| {
+            let e: Vec<f64> = w.iter().zip(q).map(|(a, b)| (a - b) as f64).collect();
+            (0..n).map(|i| e[i] * dot_f64(&gram.h[i * n..][..n], &e)).sum::<f64>()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize::quantize_row_weighted;
+    use crate::quant::tests::Rng;
+    use crate::quant::{dequantize_row, StorageType};
+
+    /// Inputs with strongly correlated columns, like a transformer's hidden states: a few
+    /// shared latent factors plus a little independent noise, and some columns much louder.
+    fn correlated_inputs(tokens: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+        let factors = 6;
+        let mix: Vec<f32> = (0..factors * cols).map(|_| rng.f32()).collect();
+        let loud: Vec<f32> = (0..cols).map(|j| if j % 7 == 0 { 4.0 } else { 1.0 }).collect();
+        let mut xs = Vec::with_capacity(tokens * cols);
+        for _ in 0..tokens {
+            let z: Vec<f32> = (0..factors).map(|_| rng.f32()).collect();
+            for j in 0..cols {
+                let latent: f32 = (0..factors).map(|f| z[f] * mix[f * cols + j]).sum();
+                xs.push(loud[j] * (latent + 0.1 * rng.f32()));
+            }
+        }
+        xs
+    }
+
+    fn dequantize_matrix(ty: StorageType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+        let row_bytes = ty.row_bytes(cols).unwrap();
+        let mut out = vec![0f32; rows * cols];
+        for (r, o) in out.chunks_exact_mut(cols).enumerate() {
+            dequantize_row(ty, &bytes[r * row_bytes..][..row_bytes], o);
+        }
+        out
+    }
+
+    #[test]
+    fn inverse_cholesky_factor_reproduces_the_damped_inverse() {
+        let mut rng = Rng(5);
+        let (tokens, n) = (40, 24);
+        let gram = Gram::of(&correlated_inputs(tokens, n, &mut rng), n);
+        let u = inverse_cholesky_upper(&gram, DAMP).unwrap();
+        let lambda = DAMP * (0..n).map(|j| gram.h[j * n + j]).sum::<f64>() / n as f64;
+        // (UᵀU)(H + λI) must be the identity.
+        for i in 0..n {
+            for j in 0..n {
+                assert_eq!(u[i * n + j] != 0.0 && j < i, false, "U is not upper triangular at ({i}, {j})");
+                let hinv_ij = |a: usize, b: usize| (0..n).map(|k| u[k * n + a] as f64 * u[k * n + b] as f64).sum::<f64>();
+                let v: f64 = (0..n).map(|k| hinv_ij(i, k) * (gram.h[k * n + j] + if k == j { lambda } else { 0.0 })).sum();
+                let expected = if i == j { 1.0 } else { 0.0 };
+                assert!((v - expected).abs() < 1e-3, "(UᵀU)(H+λI)[{i}][{j}] = {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn gram_is_xt_x_and_mean_squares_its_diagonal() {
+        let xs = [1.0f32, 2.0, 0.0, -1.0, 3.0, 1.0]; // 2 tokens × 3 columns
+        let g = Gram::of(&xs, 3);
+        assert_eq!(g.h, vec![2.0, -1.0, -1.0, -1.0, 13.0, 3.0, -1.0, 3.0, 1.0]);
+        assert_eq!(g.mean_squares(), vec![1.0, 6.5, 0.5]);
+    }
+
+    /// The point of GPTQ: on correlated inputs the product error ‖XWᵀ − XŴᵀ‖² is far below
+    /// what rounding each block on its own gives, for every min/scale format.
+    #[test]
+    fn gptq_lowers_the_output_error_of_plain_rounding() {
+        let mut rng = Rng(2024);
+        let (rows, cols, tokens) = (48, 128, 512);
+        let weights: Vec<f32> = (0..rows * cols).map(|_| rng.f32() + rng.f32() + rng.f32()).collect();
+        let xs = correlated_inputs(tokens, cols, &mut rng);
+        let gram = Gram::of(&xs, cols);
+        let u = inverse_cholesky_upper(&gram, DAMP).unwrap();
+        let diag: Vec<f64> = (0..cols).map(|j| gram.h[j * cols + j]).collect();
+        let importance = gram.mean_squares();
+        for (ty, min_gain) in [(StorageType::Q2, 0.5), (StorageType::Q3, 0.5), (StorageType::Q4_1, 0.5)] {
+            let mut plain = Vec::new();
+            for row in weights.chunks_exact(cols) {
+                quantize_row_weighted(ty, row, Some(&importance), &mut plain);
+            }
+            let plain = output_error(&weights, &dequantize_matrix(ty, &plain, rows, cols), &gram);
+            for weighting in [ColumnWeights::Compensated, ColumnWeights::InputPower] {
+                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, None);
+                assert_eq!(bytes.len(), rows * ty.row_bytes(cols).unwrap());
+                let gptq = output_error(&weights, &dequantize_matrix(ty, &bytes, rows, cols), &gram);
+                println!("{} ({weighting:?}): output error plain {plain:.4e}, GPTQ {gptq:.4e} ({:.1}% lower)", ty.name(), 100.0 * (1.0 - gptq / plain));
+                assert!(gptq < plain * (1.0 - min_gain), "{}: GPTQ {gptq} vs plain {plain}", ty.name());
+                // Refitting the grids to the final codes never makes a row worse.
+                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, Some(&gram.h));
+                let refit = output_error(&weights, &dequantize_matrix(ty, &bytes, rows, cols), &gram);
+                println!("{} ({weighting:?}): with the least-squares refit {refit:.4e}", ty.name());
+                assert!(refit <= gptq, "{}: refit {refit} vs {gptq}", ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn gptq_is_deterministic_and_survives_dead_columns() {
+        let mut rng = Rng(99);
+        let (rows, cols, tokens) = (8, 64, 16); // fewer tokens than columns: H is singular
+        let weights: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let mut xs = correlated_inputs(tokens, cols, &mut rng);
+        for row in xs.chunks_exact_mut(cols) {
+            row[3] = 0.0; // a column the calibration never excites
+        }
+        let gram = Gram::of(&xs, cols);
+        let u = inverse_cholesky_upper(&gram, DAMP).unwrap();
+        let diag: Vec<f64> = (0..cols).map(|j| gram.h[j * cols + j]).collect();
+        let a = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None);
+        let b = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None);
+        assert_eq!(a, b);
+        let back = dequantize_matrix(StorageType::Q2, &a, rows, cols);
+        assert!(back.iter().all(|v| v.is_finite()));
+        // Even an all-zero H (no calibration at all) factors, as the damped identity.
+        assert!(inverse_cholesky_upper(&Gram { cols, h: vec![0.0; cols * cols], tokens: 0 }, DAMP).is_some());
+    }
+}
