@@ -142,6 +142,7 @@ pub fn generate_on(
             Step::Prefilled { .. } => {}
             Step::Token(token) => {
                 if on_token(&token.event()).is_break() {
+                    // After a stop sequence generation has already ended; cancel changes nothing.
                     generator.cancel();
                 }
             }
@@ -170,22 +171,9 @@ pub fn generate(
     state: &mut LlamaState,
     prompt_ids: &[u32],
     params: &GenerateParams,
-    mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> Result<Generation, WorkerError> {
-    let mut generator = Generator::new(model, tokenizer, state, prompt_ids, params)?;
-    loop {
-        match generator.step()? {
-            Step::Prefilled { .. } => {}
-            Step::Token(token) => {
-                if on_token(&token.event()).is_break() {
-                    // After a stop sequence generation has already ended; cancel changes nothing.
-                    generator.cancel();
-                }
-            }
-            Step::Done => break,
-        }
-    }
-    generator.finish()
+    generate_on(&mut CpuSequence { model, state }, tokenizer, prompt_ids, params, on_token)
 }
 
 /// One unit of work done by [`Generator::step`].
