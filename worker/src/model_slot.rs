@@ -55,6 +55,9 @@ pub struct ModelSlot {
     pub model_id: String,
     /// `None` for a model built natively without a pack ([`ModelSlot::from_model`]).
     pack: RefCell<Option<PackedModel>>,
+    /// Each component's byte ranges ([`sw::Manifest::component_ranges`]), in load order:
+    /// computed once, read for every arriving shard.
+    ranges: Vec<(String, Vec<ShardRange>)>,
     kind: ModelKind,
     resident: RefCell<BTreeSet<String>>,
     tokenizer: RefCell<Option<Arc<Tokenizer>>>,
@@ -88,9 +91,11 @@ impl ModelSlot {
     }
 
     fn with(model_id: String, pack: Option<PackedModel>, kind: ModelKind, state: LoadState) -> Self {
+        let ranges = pack.as_ref().map(|p| p.manifest.components.iter().map(|c| (c.name.clone(), p.manifest.component_ranges(c))).collect()).unwrap_or_default();
         ModelSlot {
             model_id,
             pack: RefCell::new(pack),
+            ranges,
             kind,
             resident: RefCell::default(),
             tokenizer: RefCell::default(),
@@ -134,17 +139,15 @@ impl ModelSlot {
         {
             let mut pack = self.pack.borrow_mut();
             let Some(pack) = pack.as_mut() else { return Ok(completed) };
-            let ranges: Vec<(String, Vec<ShardRange>)> = pack.manifest.components.iter().map(|c| (c.name.clone(), pack.manifest.component_ranges(c))).collect();
-            for (name, ranges) in ranges {
+            for (name, ranges) in &self.ranges {
                 let Some(range) = ranges.iter().find(|r| &r.shard == shard) else { continue };
-                if self.resident.borrow().contains(&name) {
+                if self.resident.borrow().contains(name) {
                     continue;
                 }
-                pack.add_piece(&name, shard, range.start, SharedBytes::from_vec(copy(range.start, range.end)));
+                pack.add_piece(name, shard, range.start, SharedBytes::from_vec(copy(range.start, range.end)));
                 // Complete when every range of the component has its piece.
-                let have = |r: &ShardRange| pack.component_piece_covers(&name, r);
-                if ranges.iter().all(have) {
-                    completed.push(name);
+                if ranges.iter().all(|r| pack.component_piece_covers(name, r)) {
+                    completed.push(name.clone());
                 }
             }
         }

@@ -35,6 +35,13 @@ struct Piece {
     component: Option<String>,
 }
 
+impl Piece {
+    /// Whether bytes `start..end` of the shard are in this piece.
+    fn covers(&self, start: u64, end: u64) -> bool {
+        self.start <= start && end <= self.start + self.bytes.len() as u64
+    }
+}
+
 impl PackedModel {
     /// Parses the manifest, then asks `shard` for each shard's bytes and verifies them.
     pub fn from_parts(manifest_json: &[u8], mut shard: impl FnMut(&ShardInfo) -> Result<SharedBytes, WorkerError>) -> Result<Self, WorkerError> {
@@ -96,7 +103,7 @@ impl PackedModel {
     /// Whether a piece copied for `component` covers `range`.
     pub fn component_piece_covers(&self, component: &str, range: &sw::manifest::ShardRange) -> bool {
         let pieces = self.shards.get(&range.shard).into_iter().flatten();
-        pieces.filter(|p| p.component.as_deref() == Some(component)).any(|p| p.start <= range.start && range.end <= p.start + p.bytes.len() as u64)
+        pieces.filter(|p| p.component.as_deref() == Some(component)).any(|p| p.covers(range.start, range.end))
     }
 
     /// Bytes held for `component` (its pieces).
@@ -115,7 +122,7 @@ impl PackedModel {
     fn range(&self, what: &str, shard: &ContentHash, offset: u64, length: u64) -> Result<SharedBytes, WorkerError> {
         // A whole pack was validated against the shard sizes, so a miss there means a bug;
         // with pieces it means the component is not resident. Both are reported, never a panic.
-        let piece = self.shards.get(shard).into_iter().flatten().find(|p| p.start <= offset && offset + length <= p.start + p.bytes.len() as u64);
+        let piece = self.shards.get(shard).into_iter().flatten().find(|p| p.covers(offset, offset + length));
         piece.and_then(|p| p.bytes.slice((offset - p.start) as usize, length as usize)).ok_or_else(|| WorkerError::ModelFormat {
             source_name: what.to_owned(),
             format: "packed model",
