@@ -47,7 +47,7 @@ xdg-runtime:
 
 ## Rust tests inside headless Chromium (dedicated worker, IndexedDB, WebGPU adapter).
 test-wasm:
-	$(WASM_TEST_ENV) cargo test --target wasm32-unknown-unknown -p sw -p worker --test browser
+	$(WASM_TEST_ENV) cargo test --target wasm32-unknown-unknown -p sw -p worker --features worker/webgpu --test browser --test browser_gpu
 
 ## host-js unit tests and the Playwright end-to-end suite; ends with "N passed, N failed".
 test-browser:

@@ -147,6 +147,10 @@ export interface LoadedModelInfo {
   /** Set once every component is resident (a progressive load's `model.loaded`). */
   loadMs?: number;
   shards?: LoadedShard[];
+  /** Where generations run (set once loaded): 'wasm' (CPU, WASM SIMD) or 'webgpu'. */
+  backend?: 'wasm' | 'webgpu';
+  /** The GPU upload, on the webgpu backend. */
+  gpu?: GpuLoadInfo;
 }
 
 export interface ComponentMemory {
@@ -174,6 +178,26 @@ export interface MemoryUsage {
   components: ComponentMemory[];
   /** Everything the engine's heap holds (all models), counted by its allocator. */
   engineHeapBytes?: number;
+  /**
+   * GPU memory of the model on the WebGPU backend (weights in their storage types, the KV
+   * cache for the whole context, activations; allocated at load). 0 on the wasm backend.
+   * Not part of totalBytes.
+   */
+  gpuBytes: number;
+}
+
+/** A model's upload to the GPU (backend 'webgpu'). */
+export interface GpuLoadInfo {
+  /** Adapter, backend, binding limit, optional features. */
+  adapter: string;
+  /** Buffers, pipelines and warm-up together. */
+  loadMs: number;
+  pipelineMs: number;
+  pipelines: number;
+  /** GPU buffers: weights, KV cache, activations. */
+  bytes: number;
+  /** KV-cache positions allocated. */
+  context: number;
 }
 
 export interface PerformanceMetrics {

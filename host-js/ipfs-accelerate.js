@@ -95,16 +95,21 @@ export class IPFSAccelerate {
    *   arriving. `model.waitForMinimumViableModel()` / `model.waitForComponents([...])` wait for
    *   parts, `model.loaded` for all; `generate()` may be called at any time and computes each
    *   layer as soon as it is resident. By default the promise resolves when everything is in.
-   * - `backend`: 'auto' (default), 'wasm', or 'webgpu'; one that cannot run here rejects with
-   *   a BackendUnavailableError.
+   * - `backend`: 'auto' (default: WebGPU on a hardware adapter, else the WASM CPU backend),
+   *   'wasm', or 'webgpu'; one that cannot run here rejects with a BackendUnavailableError.
+   *   `model.info.backend` says where it runs, `model.info.gpu` what the GPU upload took.
    */
   async loadModel(nameOrManifestUrl, options = {}) {
-    const { onProgress, onComponentLoaded, progressive = false, backend } = options ?? {};
+    const { onProgress, onComponentLoaded, progressive = false } = options ?? {};
+    // The config narrows 'auto': with one backend disabled, the other is the only choice.
+    let backend = options?.backend ?? 'auto';
+    if (backend === 'auto' && this.config.enableWebGPU === false) backend = 'wasm';
+    if (backend === 'auto' && this.config.enableWasm === false) backend = 'webgpu';
     if (backend === 'webgpu' && this.config.enableWebGPU === false) {
       throw new AccelerateError('BackendUnavailableError', "backend 'webgpu' was asked for, but this IPFSAccelerate was created with enableWebGPU: false");
     }
-    if (backend !== 'webgpu' && this.config.enableWasm === false) {
-      throw new AccelerateError('BackendUnavailableError', 'this IPFSAccelerate was created with enableWasm: false, and the WASM CPU backend is the only one this build runs; allow it or pass backend: \'webgpu\' where that backend exists');
+    if ((backend === 'wasm' || backend === 'cpu') && this.config.enableWasm === false) {
+      throw new AccelerateError('BackendUnavailableError', "the WASM CPU backend was asked for (or is the only one left), but this IPFSAccelerate was created with enableWasm: false; allow it or load with backend: 'webgpu'");
     }
     await this.ready();
     const transport = {
@@ -214,7 +219,7 @@ export class Model {
   /**
    * The engine's memory ledger for this model: `{totalBytes, weightsBytes, kvCacheBytes,
    * packedBytes, originalBytes (the same tensors at f16), reduction, components: [{name,
-   * bytes, packedBytes, resident}], engineHeapBytes}`. Bytes are what the engine allocated (the
+   * bytes, packedBytes, resident}], engineHeapBytes, gpuBytes}`. Bytes are what the engine allocated (the
    * tokenizer's tables measured by its allocator); the KV cache is that of running generations.
    */
   async getMemoryUsage() {

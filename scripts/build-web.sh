@@ -22,7 +22,8 @@ DIST=dist
 TARGET="${CARGO_TARGET_DIR:-target}"
 WASM_DIR="$TARGET/wasm32-unknown-unknown/release"
 
-cargo build --release --target wasm32-unknown-unknown -p worker -p sw --lib
+# `worker/webgpu`: the engine's GPU backend on the browser's WebGPU (wgpu), beside the CPU one.
+cargo build --release --target wasm32-unknown-unknown -p worker -p sw --lib --features worker/webgpu
 
 rm -rf "$DIST.tmp"
 mkdir -p "$DIST.tmp/pkg" "$DIST.tmp/models"
@@ -60,6 +61,14 @@ pack minilm-l6-q4 "$CACHE/minilm" q4 --shard-mb 4
 # SmolLM2 again in 8 MB shards, for the progressive-loading test: with many shards the last one
 # holds only a few layers, so what follows its last byte is little compute, as with a big model.
 pack smollm2-135m-8mb "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" keep --shard-mb 8
+# A 2-layer Llama for the WebGPU tests (software WebGPU is slow): SmolLM2's first two layers,
+# tokenizer and head (scripts/make-test-gguf.py), as stored (Q4_1/Q8_0/F32) and requantized to
+# q3, so the browser's GPU runs more than one storage type against the CPU backend.
+mkdir -p "$CACHE/test-models"
+TINY="$CACHE/test-models/smollm2-2layer.gguf"
+[ "$TINY" -nt scripts/make-test-gguf.py ] || python3 scripts/make-test-gguf.py "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$TINY" --layers 2
+pack smollm2-2layer "$TINY" keep
+pack smollm2-2layer-q3 "$TINY" q3
 # The source files too, for the file-level cache demo and tests (fetchFile).
 ln -s "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIST.tmp/models/smollm2-135m/"
 for f in model.safetensors tokenizer.json config.json; do

@@ -33,6 +33,10 @@ thread_local! {
     static MODELS: RefCell<LoadedModels> = RefCell::new(LoadedModels::default());
     /// The generations running now, by request id: what `pause` / `resume` / `cancel` reach.
     static RUNNING: RefCell<HashMap<u64, Rc<Control>>> = RefCell::new(HashMap::new());
+    /// The worker's GPU device, acquired by the first `webgpu` load and shared by every model
+    /// on the GPU; a lost one is dropped and the next load acquires a new device.
+    #[cfg(feature = "gpu")]
+    static GPU: RefCell<Option<std::sync::Arc<crate::gpu::GpuContext>>> = const { RefCell::new(None) };
 }
 
 /// Handles one host message (JSON) and returns the final reply (JSON). Progress events of a
@@ -336,22 +340,84 @@ async fn read_body(url: &str, response: Response, digest: bool) -> Result<Downlo
     Ok(Download { body, sha256, source: header("x-accel-source").unwrap_or_else(|| "network".into()), not_stored: header("x-accel-not-stored") })
 }
 
-/// Refuses a backend this worker cannot run. `auto` runs on the CPU (WASM SIMD) until the
-/// WebGPU backend is built into the worker.
-async fn check_backend(backend: Option<&str>) -> Result<(), WorkerError> {
+/// Where a load's generations run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Wasm,
+    WebGpu,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Wasm => "wasm",
+            Backend::WebGpu => "webgpu",
+        }
+    }
+}
+
+/// The backend a load runs on, or why the asked one cannot run. `auto` picks WebGPU when the
+/// adapter is real hardware; a software adapter (`isFallbackAdapter`, e.g. SwiftShader) is
+/// slower than the WASM SIMD CPU backend, so `auto` runs on the CPU there — `webgpu` still
+/// gets it when asked for by name.
+async fn choose_backend(backend: Option<&str>) -> Result<Backend, WorkerError> {
     match backend.unwrap_or("auto") {
-        "auto" | "wasm" | "cpu" => Ok(()),
-        name @ ("webgpu" | "gpu") => {
+        "wasm" | "cpu" => Ok(Backend::Wasm),
+        "auto" => {
             let navigator = get(&js_sys::global(), "navigator");
             let report = probe_webgpu(&navigator).await;
-            let reason = match report.reason {
-                Some(reason) => reason,
-                None => "this build of the engine has no WebGPU backend yet (the WASM CPU backend runs every model)".into(),
-            };
-            Err(WorkerError::BackendUnavailable { backend: name.to_owned(), reason: format!("{reason}; load with backend 'wasm' (or 'auto')") })
+            let hardware = report.adapter.is_some_and(|a| !a.is_fallback_adapter);
+            if cfg!(feature = "gpu") && hardware && gpu_context().await.is_ok() {
+                Ok(Backend::WebGpu)
+            } else {
+                Ok(Backend::Wasm)
+            }
         }
+        name @ ("webgpu" | "gpu") => match gpu_context().await {
+            Ok(_) => Ok(Backend::WebGpu),
+            Err(WorkerError::BackendUnavailable { reason, .. }) => Err(WorkerError::BackendUnavailable { backend: name.to_owned(), reason: format!("{reason}; load with backend 'wasm' (or 'auto')") }),
+            Err(other) => Err(other),
+        },
         other => Err(WorkerError::InvalidParameter { reason: format!("unknown backend {other:?}; use 'auto', 'wasm' or 'webgpu'") }),
     }
+}
+
+/// The worker's GPU device (acquired once; again after a loss).
+#[cfg(feature = "gpu")]
+async fn gpu_context() -> Result<std::sync::Arc<crate::gpu::GpuContext>, WorkerError> {
+    if let Some(ctx) = GPU.with(|g| g.borrow().clone()).filter(|ctx| !ctx.is_lost()) {
+        return Ok(ctx);
+    }
+    let navigator = get(&js_sys::global(), "navigator");
+    if let Some(reason) = probe_webgpu(&navigator).await.reason {
+        return Err(WorkerError::BackendUnavailable { backend: "webgpu".into(), reason });
+    }
+    let ctx = crate::gpu::GpuContext::acquire().await?;
+    GPU.with(|g| *g.borrow_mut() = Some(ctx.clone()));
+    Ok(ctx)
+}
+
+#[cfg(not(feature = "gpu"))]
+async fn gpu_context() -> Result<(), WorkerError> {
+    let navigator = get(&js_sys::global(), "navigator");
+    let reason = probe_webgpu(&navigator).await.reason.unwrap_or_else(|| "this build of the engine has no WebGPU backend (built without the `webgpu` feature)".into());
+    Err(WorkerError::BackendUnavailable { backend: "webgpu".into(), reason })
+}
+
+/// Uploads a loaded text model to the GPU: every weight, the KV cache for the default context
+/// and the activations, with every pipeline compiled and warmed up.
+#[cfg(feature = "gpu")]
+async fn upload_to_gpu(slot: &ModelSlot) -> Result<crate::protocol::GpuLoadInfo, WorkerError> {
+    let model = slot.ready().ok_or_else(|| WorkerError::ComponentNotLoaded { model_id: slot.model_id.clone(), component: "the whole model".into() })?;
+    let crate::runtime::LoadedModel::Text(m) = &*model else {
+        return Err(WorkerError::BackendUnavailable { backend: "webgpu".into(), reason: "embedding models run on the CPU backend only; load with backend 'wasm'".into() });
+    };
+    let ctx = gpu_context().await?;
+    let gpu = crate::gpu::GpuLlama::load(ctx, &m.model, crate::runtime::DEFAULT_CONTEXT).await?;
+    let r = &gpu.report;
+    let info = crate::protocol::GpuLoadInfo { adapter: r.adapter.clone(), load_ms: r.load_ms, pipeline_ms: r.pipeline_ms, pipelines: r.pipelines, bytes: r.total_bytes, context: gpu.context() };
+    slot.set_gpu(gpu);
+    Ok(info)
 }
 
 /// Downloads the manifest at `url`, registers the model (a `started` event: its id is usable
@@ -359,12 +425,24 @@ async fn check_backend(backend: Option<&str>) -> Result<(), WorkerError> {
 /// (WebCrypto; the service worker verified it too, but the engine checks what it runs),
 /// copies each component's bytes into a buffer of its own and reports it resident.
 async fn load_model(id: u64, url: &str, backend: Option<&str>, max_memory_bytes: Option<u64>, emit: Option<&Function>) -> Result<LoadedModelInfo, WorkerError> {
-    check_backend(backend).await?;
+    let backend = choose_backend(backend).await?;
     let start = now_ms();
     let manifest_json = download(url, false).await?.body.to_vec();
-    let slot = MODELS.with(|m| m.borrow_mut().start_load(&manifest_json, max_memory_bytes))?;
     let manifest = sw::Manifest::parse(&manifest_json)?;
-    let outcome = fill_slot(id, url, &slot, manifest, start, emit).await;
+    if backend == Backend::WebGpu && manifest.architecture == "bert" {
+        // Refused before any shard is fetched: the GPU kernels cover the Llama family only.
+        return Err(WorkerError::BackendUnavailable { backend: "webgpu".into(), reason: format!("{} is an embedding model ({}); embedding models run on the CPU backend only: load with backend 'wasm' (or 'auto')", manifest.name, manifest.architecture) });
+    }
+    let slot = MODELS.with(|m| m.borrow_mut().start_load(&manifest_json, max_memory_bytes))?;
+    if backend == Backend::WebGpu {
+        slot.use_gpu();
+    }
+    let outcome = fill_slot(id, url, &slot, manifest, start, emit).await.map(|info| LoadedModelInfo { backend: backend.name().into(), ..info });
+    #[cfg(feature = "gpu")]
+    let outcome = match outcome {
+        Ok(info) if backend == Backend::WebGpu => upload_to_gpu(&slot).await.map(|gpu| LoadedModelInfo { gpu: Some(gpu), load_ms: now_ms() - start, ..info }),
+        other => other,
+    };
     if let Err(err) = &outcome {
         // A failed load leaves nothing behind: waiters get the error, the id is gone.
         slot.fail(err.clone());
@@ -444,7 +522,7 @@ async fn fill_slot(id: u64, url: &str, slot: &Rc<ModelSlot>, manifest: sw::Manif
     slot.finish_load()?;
     let load_ms = now_ms() - start;
     slot.metrics.borrow_mut().load_ms = load_ms;
-    Ok(LoadedModelInfo { model_id: slot.model_id.clone(), name: manifest.name, architecture: manifest.architecture, kind: slot.kind(), total_bytes: manifest.total_bytes, load_ms, shards })
+    Ok(LoadedModelInfo { model_id: slot.model_id.clone(), name: manifest.name, architecture: manifest.architecture, kind: slot.kind(), total_bytes: manifest.total_bytes, load_ms, shards, backend: Backend::Wasm.name().into(), gpu: None })
 }
 
 /// `fetchFile` answers every failure as a `FetchError` (its contract since the plumbing

@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
+use crate::futures::{block_on, LocalBoxFuture};
 use crate::models::llama::{Llama, LlamaState};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
@@ -80,10 +81,13 @@ pub enum Next {
 
 /// A model with its sequence state, as the generator drives it: the CPU's [`Llama`] +
 /// [`LlamaState`], or a backend that keeps its own KV cache (the GPU's `GpuLlama`).
+///
+/// A forward pass is a future: the browser's GPU answers through promises, so the worker awaits
+/// it; the CPU's is ready at the first poll (and the native loop runs it with [`block_on`]).
 pub trait Sequence {
     /// Runs `tokens` after the cached ones. With `greedy`, the backend may return only the
     /// argmax ([`Next::Token`]); otherwise it returns the last token's logits.
-    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<Next, WorkerError>;
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>>;
     /// Whether `tokens` more fit (sliding the window if there is one).
     fn fits(&self, tokens: usize) -> bool;
     /// Tokens held.
@@ -93,7 +97,7 @@ pub trait Sequence {
 }
 
 impl<S: Sequence + ?Sized> Sequence for &mut S {
-    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<Next, WorkerError> {
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
         (**self).forward_next(tokens, greedy)
     }
     fn fits(&self, tokens: usize) -> bool {
@@ -114,8 +118,9 @@ struct CpuSequence<'a> {
 }
 
 impl Sequence for CpuSequence<'_> {
-    fn forward_next(&mut self, tokens: &[u32], _greedy: bool) -> Result<Next, WorkerError> {
-        self.model.forward(self.state, tokens, false).map(Next::Logits)
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], _greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
+        let next = self.model.forward(self.state, tokens, false).map(Next::Logits);
+        Box::pin(std::future::ready(next))
     }
     fn fits(&self, tokens: usize) -> bool {
         self.state.fits(tokens)
@@ -128,7 +133,8 @@ impl Sequence for CpuSequence<'_> {
     }
 }
 
-/// [`generate`] over any [`Sequence`] (e.g. the GPU backend).
+/// [`generate`] over any [`Sequence`] (e.g. the GPU backend), blocking this thread on each step
+/// (native callers; the browser worker awaits [`Generator::step`] instead).
 pub fn generate_on(
     sequence: &mut dyn Sequence,
     tokenizer: &Tokenizer,
@@ -138,7 +144,7 @@ pub fn generate_on(
 ) -> Result<Generation, WorkerError> {
     let mut generator = Generator::on(Box::new(sequence), tokenizer, prompt_ids, params)?;
     loop {
-        match generator.step()? {
+        match block_on(generator.step())? {
             Step::Prefilled { .. } => {}
             Step::Token(token) => {
                 if on_token(&token.event()).is_break() {
@@ -297,7 +303,7 @@ impl<'a> Generator<'a> {
     }
 
     /// Runs one prefill chunk or one decode step.
-    pub fn step(&mut self) -> Result<Step, WorkerError> {
+    pub async fn step(&mut self) -> Result<Step, WorkerError> {
         if self.stop_reason.is_some() {
             return Ok(Step::Done);
         }
@@ -305,7 +311,7 @@ impl<'a> Generator<'a> {
         let total = self.prompt_ids.len();
         if self.prefilled < total {
             let end = (self.prefilled + self.params.prefill_chunk.max(1)).min(total);
-            self.next = self.sequence.forward_next(&self.prompt_ids[self.prefilled..end], self.params.sampler.is_plain_greedy())?;
+            self.next = self.sequence.forward_next(&self.prompt_ids[self.prefilled..end], self.params.sampler.is_plain_greedy()).await?;
             self.prefilled = end;
             if end == total {
                 self.prefill_ms = now_ms() - self.start - self.excluded_ms;
@@ -320,7 +326,7 @@ impl<'a> Generator<'a> {
             if !self.sequence.fits(1) {
                 return Ok(self.end(StopReason::ContextFull));
             }
-            self.next = self.sequence.forward_next(&[last], self.params.sampler.is_plain_greedy())?;
+            self.next = self.sequence.forward_next(&[last], self.params.sampler.is_plain_greedy()).await?;
         }
         let next = match &self.next {
             Next::Token(id) => *id,

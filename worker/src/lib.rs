@@ -13,7 +13,8 @@ pub mod clock;
 pub mod error;
 pub mod formats;
 pub mod generate;
-#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub mod futures;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod loader;
 pub mod memory;

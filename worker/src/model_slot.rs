@@ -70,6 +70,14 @@ pub struct ModelSlot {
     /// Bytes of the KV caches of this model's generations running now.
     kv_cache_bytes: Cell<u64>,
     pub metrics: RefCell<PerformanceMetrics>,
+    /// The load asked for the GPU backend: generations run on [`ModelSlot::lease_gpu`]'s model.
+    on_gpu: Cell<bool>,
+    /// Bytes of the model's GPU buffers (weights, KV cache, activations), for the ledger.
+    gpu_bytes: Cell<u64>,
+    /// The model on the GPU, once uploaded; out on lease while a generation runs (its KV cache
+    /// lives on the GPU, so one generation at a time: the next waits for the lease).
+    #[cfg(feature = "gpu")]
+    gpu: RefCell<Option<crate::gpu::GpuLlama>>,
 }
 
 impl ModelSlot {
@@ -105,6 +113,10 @@ impl ModelSlot {
             changed: Changed::default(),
             kv_cache_bytes: Cell::new(0),
             metrics: RefCell::default(),
+            on_gpu: Cell::new(false),
+            gpu_bytes: Cell::new(0),
+            #[cfg(feature = "gpu")]
+            gpu: RefCell::default(),
         }
     }
 
@@ -223,7 +235,21 @@ impl ModelSlot {
         self.tokenizer.borrow_mut().take();
         self.resident.borrow_mut().clear();
         self.pack.borrow_mut().take();
+        #[cfg(feature = "gpu")]
+        self.gpu.borrow_mut().take();
+        self.gpu_bytes.set(0);
         self.changed.notify();
+    }
+
+    /// Whether generations run on the GPU (the load asked for it).
+    pub fn on_gpu(&self) -> bool {
+        self.on_gpu.get()
+    }
+
+    /// The load asked for the GPU backend: from now on generations wait for the GPU model
+    /// ([`ModelSlot::set_gpu`]) instead of running on the CPU.
+    pub fn use_gpu(&self) {
+        self.on_gpu.set(true);
     }
 
     /// The built model, once every component is resident.
@@ -358,6 +384,62 @@ impl ModelSlot {
             reduction: if original_bytes > 0 { 1.0 - weights_bytes as f64 / original_bytes as f64 } else { 0.0 },
             components,
             engine_heap_bytes: memory::heap_bytes_if_counted(),
+            gpu_bytes: self.gpu_bytes.get(),
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl ModelSlot {
+    /// The model is on the GPU: generations can lease it.
+    pub fn set_gpu(&self, model: crate::gpu::GpuLlama) {
+        self.gpu_bytes.set(model.report.total_bytes);
+        *self.gpu.borrow_mut() = Some(model);
+        self.changed.notify();
+    }
+
+    /// The GPU model for one generation, waiting while another generation has it (or while
+    /// the model is still loading). Fails as [`ModelSlot::wait_ready`] does when the load fails
+    /// or the model is unloaded.
+    pub async fn lease_gpu(self: &Rc<Self>) -> Result<GpuLease, WorkerError> {
+        loop {
+            // Taken before looking, so a notify in between is not missed.
+            let change = self.changed.next();
+            if let Some(model) = self.gpu.borrow_mut().take() {
+                return Ok(GpuLease { slot: self.clone(), model: Some(model) });
+            }
+            match self.state() {
+                LoadState::Failed(err) => return Err(err),
+                LoadState::Unloaded => return Err(WorkerError::ModelNotLoaded { model_id: self.model_id.clone() }),
+                LoadState::Loading | LoadState::Loaded => change.await,
+            }
+        }
+    }
+}
+
+/// A generation's hold on the GPU model; dropping it (the generation ended, failed or was
+/// dropped) hands the model back to the slot — unless the model was unloaded meanwhile, when
+/// its buffers are freed here.
+#[cfg(feature = "gpu")]
+pub struct GpuLease {
+    slot: Rc<ModelSlot>,
+    model: Option<crate::gpu::GpuLlama>,
+}
+
+#[cfg(feature = "gpu")]
+impl GpuLease {
+    pub fn model(&mut self) -> Result<&mut crate::gpu::GpuLlama, WorkerError> {
+        self.model.as_mut().ok_or_else(|| WorkerError::ModelNotLoaded { model_id: self.slot.model_id.clone() })
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl Drop for GpuLease {
+    fn drop(&mut self) {
+        if let Some(model) = self.model.take() {
+            if self.slot.state() != LoadState::Unloaded {
+                self.slot.set_gpu(model);
+            }
         }
     }
 }

@@ -197,6 +197,11 @@ pub struct MemoryUsage {
     /// allocator; absent where nothing counts (native builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_heap_bytes: Option<u64>,
+    /// GPU memory of the model (backend `webgpu`): its weights in their storage types, its KV
+    /// cache for the whole context and its activations — allocated once at load. Not part of
+    /// `totalBytes`, which counts the engine's own (wasm) memory.
+    #[serde(default)]
+    pub gpu_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,6 +383,29 @@ pub struct LoadedModelInfo {
     /// From the manifest request to a model ready to run.
     pub load_ms: f64,
     pub shards: Vec<LoadedShard>,
+    /// Where generations run: `wasm` (the CPU backend, WASM SIMD) or `webgpu`.
+    pub backend: String,
+    /// The model on the GPU (backend `webgpu`): the adapter and what the upload took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuLoadInfo>,
+}
+
+/// A model's upload to the GPU: weights, KV cache and activations allocated once, every
+/// pipeline compiled (and warmed up) before the first request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuLoadInfo {
+    /// Adapter, backend, binding limit, optional features.
+    pub adapter: String,
+    /// The whole upload (buffers, pipelines, warm-up).
+    pub load_ms: f64,
+    /// Of which compiling pipelines.
+    pub pipeline_ms: f64,
+    pub pipelines: usize,
+    /// Bytes of GPU buffers: weights (in their storage types), KV cache, activations.
+    pub bytes: u64,
+    /// KV-cache positions allocated.
+    pub context: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -213,6 +213,10 @@ pub const METRICS_EVERY: usize = 8;
 /// layers as they become resident ([`ModelSlot::wait_for`] per layer); generation proper
 /// starts once the last component is in. The tokens are the same either way.
 pub async fn run_generation(prepared: &PreparedGeneration, hooks: &mut impl GenerationHooks) -> Result<GenerateResult, WorkerError> {
+    #[cfg(feature = "gpu")]
+    if prepared.slot.on_gpu() {
+        return run_gpu_generation(prepared, hooks).await;
+    }
     let slot = &prepared.slot;
     let model_id = slot.model_id.clone();
     let start = now_ms();
@@ -234,10 +238,33 @@ pub async fn run_generation(prepared: &PreparedGeneration, hooks: &mut impl Gene
     if let Some(prefix) = &prefix {
         generator.prefilled_before(prefix.tokens, prefix.logits.clone(), start);
     }
+    drive(slot, generator, hooks, prefix).await
+}
+
+/// The generation on the GPU model (a load with backend `webgpu`): it waits for the upload
+/// (and for another generation on the same model to end: the KV cache is the GPU's), then runs
+/// the same [`Generator`] over it. No progressive prefill: the GPU needs every weight first.
+#[cfg(feature = "gpu")]
+async fn run_gpu_generation(prepared: &PreparedGeneration, hooks: &mut impl GenerationHooks) -> Result<GenerateResult, WorkerError> {
+    let slot = &prepared.slot;
+    let model = match prepared.model.clone() {
+        Some(model) => model,
+        None => slot.wait_ready().await?,
+    };
+    let m = text_model(&model, &slot.model_id)?;
+    let mut lease = slot.lease_gpu().await?;
+    let gpu = lease.model()?;
+    gpu.reset();
+    let generator = Generator::on(Box::new(gpu), &m.tokenizer, &prepared.prompt_ids, &prepared.params)?;
+    drive(slot, generator, hooks, None).await
+}
+
+/// Steps `generator` to the end, calling `hooks` between steps, and records the result.
+async fn drive(slot: &ModelSlot, mut generator: Generator<'_>, hooks: &mut impl GenerationHooks, prefix: Option<PrefilledPrefix>) -> Result<GenerateResult, WorkerError> {
     let mut metrics = MetricsTracker::default();
     let mut first_token_at_ms = 0.0;
     loop {
-        match generator.step()? {
+        match generator.step().await? {
             Step::Done => break,
             Step::Prefilled { .. } => {}
             Step::Token(token) => {

@@ -8,6 +8,7 @@ mod common;
 
 use common::{fixture, ids, smollm2_gguf};
 use worker::formats::gguf::GgufFile;
+use worker::futures::block_on;
 use worker::gpu::llama::Output;
 use worker::gpu::GpuLlama;
 use worker::models::llama::Llama;
@@ -26,13 +27,13 @@ fn cpu_model() -> Llama {
 fn smollm2_on_the_gpu_matches_the_cpu_and_the_fixture() {
     let Some(ctx) = common::gpu::gpu() else { return };
     let model = cpu_model();
-    let mut gpu = GpuLlama::load(ctx, &model, 64).expect("GPU load");
+    let mut gpu = block_on(GpuLlama::load(ctx, &model, 64)).expect("GPU load");
     eprintln!("GPU load: {:?}", gpu.report);
 
     let f = fixture("smollm2_once_upon.json");
     let prompt = ids(&f["prompt_ids"]);
     let cpu_logits = model.forward(&mut model.new_state(64), &prompt, false).unwrap();
-    let Output::Logits(gpu_logits) = gpu.forward(&prompt, true).unwrap() else { panic!("asked for logits") };
+    let Output::Logits(gpu_logits) = block_on(gpu.forward(&prompt, true)).unwrap() else { panic!("asked for logits") };
     let (at, worst) = cpu_logits.iter().zip(&gpu_logits).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0f32), |w, (i, d)| if d > w.1 || d.is_nan() { (i, d) } else { w });
     eprintln!("first-step logits: worst |Δ| gpu vs cpu = {worst:.2e} at token {at} (cpu {}, gpu {})", cpu_logits[at], gpu_logits[at]);
     assert!(worst <= 5e-2, "token {at}: gpu {} vs cpu {}", gpu_logits[at], cpu_logits[at]);
@@ -41,11 +42,11 @@ fn smollm2_on_the_gpu_matches_the_cpu_and_the_fixture() {
     gpu.reset();
     let want = ids(&f["greedy_ids"]);
     let mut got = vec![];
-    let Output::Argmax { mut token, .. } = gpu.forward(&prompt, false).unwrap() else { panic!("asked for argmax") };
+    let Output::Argmax { mut token, .. } = block_on(gpu.forward(&prompt, false)).unwrap() else { panic!("asked for argmax") };
     let start = std::time::Instant::now();
     for _ in 0..8 {
         got.push(token);
-        let Output::Argmax { token: next, .. } = gpu.forward(&[token], false).unwrap() else { panic!("asked for argmax") };
+        let Output::Argmax { token: next, .. } = block_on(gpu.forward(&[token], false)).unwrap() else { panic!("asked for argmax") };
         token = next;
     }
     let rate = 8.0 / start.elapsed().as_secs_f64();
@@ -57,9 +58,9 @@ fn smollm2_on_the_gpu_matches_the_cpu_and_the_fixture() {
 fn bad_input_is_refused_by_name_and_changes_nothing() {
     let Some(ctx) = common::gpu::gpu() else { return };
     let model = cpu_model();
-    let mut gpu = GpuLlama::load(ctx, &model, 8).expect("GPU load");
-    assert_eq!(gpu.forward(&[49_152], false).unwrap_err().name(), "TokenizerError");
-    assert_eq!(gpu.forward(&[1; 9], false).unwrap_err().name(), "ContextOverflowError");
-    assert_eq!(gpu.forward(&[], false).unwrap_err().name(), "ProtocolError");
+    let mut gpu = block_on(GpuLlama::load(ctx, &model, 8)).expect("GPU load");
+    assert_eq!(block_on(gpu.forward(&[49_152], false)).unwrap_err().name(), "TokenizerError");
+    assert_eq!(block_on(gpu.forward(&[1; 9], false)).unwrap_err().name(), "ContextOverflowError");
+    assert_eq!(block_on(gpu.forward(&[], false)).unwrap_err().name(), "ProtocolError");
     assert!(gpu.is_empty(), "refused calls leave the cache empty");
 }

@@ -28,6 +28,8 @@ mod cli {
     use std::path::PathBuf;
 
     use serde_json::json;
+    #[cfg(feature = "gpu")]
+    use worker::futures::block_on;
     use worker::generate::{generate, GenerateParams};
     use worker::eval::{embedding_agreement, perplexity};
     use worker::loader::{is_embedding_model, load_embedder, load_text_model, pack_path, read_file, TextModel, DEFAULT_SYSTEM_PROMPT};
@@ -223,7 +225,7 @@ of FILE's lines to those of --reference R.
     #[cfg(feature = "gpu")]
     fn load_gpu(m: &TextModel, context: usize) -> Result<worker::gpu::GpuLlama, Failure> {
         let ctx = worker::gpu::GpuContext::new()?;
-        let gpu = worker::gpu::GpuLlama::load(ctx, &m.model, context)?;
+        let gpu = block_on(worker::gpu::GpuLlama::load(ctx, &m.model, context))?;
         let r = &gpu.report;
         eprintln!("[gpu: {}; loaded in {:.0} ms: {} pipelines created in {:.0} ms, warm-up passes {:.0} ms]", r.adapter, r.load_ms, r.pipelines, r.pipeline_ms, r.warmup_ms);
         Ok(gpu)
@@ -319,7 +321,7 @@ of FILE's lines to those of --reference R.
         let logits = match args.backend()? {
             Backend::Cpu => m.model.forward(&mut m.model.new_state(context), &ids, false)?,
             #[cfg(feature = "gpu")]
-            Backend::Gpu => match load_gpu(&m, context)?.forward(&ids, true)? {
+            Backend::Gpu => match block_on(load_gpu(&m, context)?.forward(&ids, true))? {
                 worker::gpu::llama::Output::Logits(logits) => logits,
                 worker::gpu::llama::Output::Argmax { .. } => unreachable!("forward(.., true) returns logits"),
             },
@@ -493,7 +495,7 @@ of FILE's lines to those of --reference R.
         }
         let r = gpu.report.clone();
         // --profile: each decode dispatch alone, summed per pipeline variant (where a step goes).
-        let profile = if args.flag("profile") { Some(gpu.profile_decode()?.into_iter().map(|(k, ms)| json!([k, ms])).collect::<Vec<_>>()) } else { None };
+        let profile = if args.flag("profile") { Some(block_on(gpu.profile_decode())?.into_iter().map(|(k, ms)| json!([k, ms])).collect::<Vec<_>>()) } else { None };
         print_bench(args, json!({
             "decode_profile_ms": profile,
             "engine": "accel-gpu",

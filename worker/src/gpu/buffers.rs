@@ -100,19 +100,19 @@ pub fn staging(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
 }
 
 /// Maps `staging` (already filled by a submitted copy) and returns its first `bytes` bytes.
-/// Waits on the device; a lost device or a captured validation error is returned instead of
-/// the (meaningless) contents.
-pub fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, WorkerError> {
+/// Awaits the GPU (natively by polling the device); a lost device or a captured validation
+/// error is returned instead of the (meaningless) contents.
+pub async fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, WorkerError> {
     let slice = staging.slice(..bytes);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |result| {
-        let _ = tx.send(result);
-    });
-    ctx.wait()?;
-    match rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(WorkerError::GpuDeviceLost { reason: format!("readback failed: {e}") }),
-        Err(_) => return Err(WorkerError::GpuDeviceLost { reason: "readback never completed".into() }),
+    let (tx, rx) = crate::futures::oneshot();
+    slice.map_async(wgpu::MapMode::Read, move |result| tx.send(result));
+    ctx.poll()?;
+    let mapped = rx.await;
+    ctx.check()?;
+    match mapped {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(WorkerError::GpuDeviceLost { reason: format!("readback failed: {e}") }),
+        None => return Err(WorkerError::GpuDeviceLost { reason: "readback never completed".into() }),
     }
     let data = slice.get_mapped_range().map_err(|e| WorkerError::GpuValidation { message: format!("readback mapping: {e}") })?.to_vec();
     staging.unmap();
@@ -120,13 +120,13 @@ pub fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer, bytes: u64) -> Res
 }
 
 /// Copies `len` f32s from `buffer` back to the CPU (tests, logits).
-pub fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, WorkerError> {
+pub async fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, WorkerError> {
     let bytes = (len * 4) as u64;
     let stage = staging(ctx, bytes);
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read_f32") });
     encoder.copy_buffer_to_buffer(buffer, 0, &stage, 0, bytes);
     ctx.queue.submit([encoder.finish()]);
-    let data = read_staging(ctx, &stage, bytes)?;
+    let data = read_staging(ctx, &stage, bytes).await?;
     Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 

@@ -42,17 +42,24 @@ impl std::fmt::Debug for GpuContext {
 }
 
 impl GpuContext {
-    /// The first adapter wgpu offers (high performance preferred), or `BackendUnavailableError`.
+    /// The first adapter wgpu offers (high performance preferred), or `BackendUnavailableError`
+    /// (natively; see [`GpuContext::acquire`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Arc<Self>, WorkerError> {
+        crate::futures::block_on(Self::acquire())
+    }
+
+    /// The adapter and device, awaited: Vulkan natively, `navigator.gpu` in the browser.
+    pub async fn acquire() -> Result<Arc<Self>, WorkerError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
-        let adapter = super::block_on(instance.request_adapter(&options))
-            .map_err(|e| WorkerError::BackendUnavailable { backend: "gpu".into(), reason: format!("no GPU adapter ({e}); install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu") })?;
-        Self::from_adapter(&adapter)
+        let hint = if cfg!(target_arch = "wasm32") { "this browser offers no WebGPU adapter; load with backend 'wasm'" } else { "install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --backend cpu" };
+        let adapter = instance.request_adapter(&options).await.map_err(|e| WorkerError::BackendUnavailable { backend: "gpu".into(), reason: format!("no GPU adapter ({e}); {hint}") })?;
+        Self::from_adapter(&adapter).await
     }
 
     /// A device on `adapter` with its real buffer limits and whatever optional features it has.
-    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>, WorkerError> {
+    pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>, WorkerError> {
         let info = adapter.get_info();
         let have = adapter.features();
         let real = adapter.limits();
@@ -83,11 +90,11 @@ impl GpuContext {
         // Fallback: if the device with optional features and raised limits is refused, the
         // plain WebGPU-default device still runs every kernel (models then must fit 128 MiB
         // bindings, which the loader checks and names).
-        let (device, queue, features, limits) = match super::block_on(adapter.request_device(&descriptor(wanted, limits.clone()))) {
+        let (device, queue, features, limits) = match adapter.request_device(&descriptor(wanted, limits.clone())).await {
             Ok((d, q)) => (d, q, wanted, limits),
             Err(_) => {
                 let plain = wgpu::Limits::default();
-                let (d, q) = super::block_on(adapter.request_device(&descriptor(wgpu::Features::empty(), plain.clone())))
+                let (d, q) = adapter.request_device(&descriptor(wgpu::Features::empty(), plain.clone())).await
                     .map_err(|e| WorkerError::BackendUnavailable { backend: "gpu".into(), reason: format!("the adapter {} refused a device: {e}", info.name) })?;
                 (d, q, wgpu::Features::empty(), plain)
             }
@@ -129,6 +136,12 @@ impl GpuContext {
         )
     }
 
+    /// Whether the device is gone (destroyed, driver reset, tab backgrounded too long): the
+    /// caller drops this context and acquires a new one.
+    pub fn is_lost(&self) -> bool {
+        self.lost.lock().map_or(true, |slot| slot.is_some())
+    }
+
     /// `GpuDeviceLostError` if the device is gone, else the first captured validation error as
     /// `GpuValidationError` (taken: the next check starts clean).
     pub fn check(&self) -> Result<(), WorkerError> {
@@ -142,21 +155,54 @@ impl GpuContext {
         }
     }
 
-    /// Waits for every submitted command buffer; a poll failure means the device is gone.
-    pub fn wait(&self) -> Result<(), WorkerError> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| WorkerError::GpuDeviceLost { reason: e.to_string() })?;
+    /// Waits until the GPU has finished every submitted command buffer, then [`GpuContext::check`].
+    /// Natively this polls the device (which also runs the map callbacks); in the browser it
+    /// awaits the queue's `onSubmittedWorkDone`.
+    pub async fn idle(&self) -> Result<(), WorkerError> {
+        let (done, finished) = crate::futures::oneshot();
+        self.queue.on_submitted_work_done(move || done.send(()));
+        self.poll()?;
+        if finished.await.is_none() {
+            self.check()?;
+            return Err(WorkerError::GpuDeviceLost { reason: "the queue never reported its work done".into() });
+        }
         self.check()
+    }
+
+    /// Natively: blocks until submitted work is done, firing wgpu's callbacks (a poll failure
+    /// means the device is gone). In the browser the event loop fires them: nothing to do.
+    pub(crate) fn poll(&self) -> Result<(), WorkerError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| WorkerError::GpuDeviceLost { reason: e.to_string() })?;
+        Ok(())
     }
 
     /// Runs `f` inside a validation error scope and turns a captured error into
     /// `GpuValidationError` naming `what` (pipeline creation at load, bind groups).
+    ///
+    /// In the browser the scope's verdict is a promise: it is not awaited here (creation stays
+    /// synchronous); a captured error is queued and reported, still naming `what`, by the next
+    /// [`GpuContext::check`] — which every readback runs, so it is never read back as zeros.
     pub fn scoped<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R, WorkerError> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
-        match super::block_on(scope.pop()) {
-            Some(e) => Err(WorkerError::GpuValidation { message: format!("{what}: {e}") }),
-            None => Ok(value),
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = crate::futures::block_on(scope.pop()) {
+            return Err(WorkerError::GpuValidation { message: format!("{what}: {e}") });
         }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (errors, what) = (self.errors.clone(), what.to_owned());
+            let verdict = scope.pop();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = verdict.await {
+                    if let Ok(mut list) = errors.lock() {
+                        list.push(format!("{what}: {e}"));
+                    }
+                }
+            });
+        }
+        Ok(value)
     }
 
     /// Simulates a lost device (tests): destroys it, so the next wait reports the loss.

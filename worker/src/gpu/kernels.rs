@@ -238,7 +238,7 @@ impl Kernels {
 
     /// Records `dispatches` for `t` tokens in one compute pass, submits, waits, and checks for
     /// validation errors (tests and one-off ops; the model keeps its own encoder).
-    pub fn run(&self, dispatches: &[&Dispatch], t: u32) -> Result<(), WorkerError> {
+    pub async fn run(&self, dispatches: &[&Dispatch], t: u32) -> Result<(), WorkerError> {
         let mut encoder = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes: None });
@@ -247,7 +247,7 @@ impl Kernels {
             }
         }
         self.ctx.queue.submit([encoder.finish()]);
-        self.ctx.wait()
+        self.ctx.idle().await
     }
 }
 

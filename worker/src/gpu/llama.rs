@@ -28,6 +28,9 @@ use super::buffers::{self, storage_f32};
 use super::kernels::{step_buffer, Dispatch, GpuMatrix, Kernels, PREFILL_TILE};
 use super::pipelines::Step;
 use super::GpuContext;
+use crate::clock::now_ms;
+use crate::futures::LocalBoxFuture;
+use crate::generate::{Next, Sequence};
 use crate::models::llama::{Llama, LlamaConfig};
 use crate::WorkerError;
 
@@ -52,6 +55,8 @@ pub struct GpuLoadReport {
     pub pipelines: usize,
     pub weight_bytes: u64,
     pub kv_cache_bytes: u64,
+    /// Every buffer of the model: weights, KV cache, activations, uniforms, readback.
+    pub total_bytes: u64,
     pub adapter: String,
 }
 
@@ -89,8 +94,8 @@ pub const MAX_PASS_TOKENS: usize = 64;
 impl GpuLlama {
     /// Uploads `model` and builds every dispatch, with a KV cache of `context` positions (at
     /// most the trained context).
-    pub fn load(ctx: Arc<GpuContext>, model: &Llama, context: usize) -> Result<Self, WorkerError> {
-        let start = std::time::Instant::now();
+    pub async fn load(ctx: Arc<GpuContext>, model: &Llama, context: usize) -> Result<Self, WorkerError> {
+        let start = now_ms();
         let c = model.config.clone();
         let context = context.clamp(1, c.trained_context.max(1));
         let max_t = MAX_PASS_TOKENS.min(context);
@@ -179,13 +184,13 @@ impl GpuLlama {
             k.matmul(head_matrix, &h_last, &logits, &step_last, 1, 1, None)?,
             k.argmax(&logits, &result, c.vocab)?,
         ];
-        ctx.wait()?;
+        ctx.idle().await?;
         let pipeline_ms = kernels.cache.compile_ms();
 
         // Warm-up: one prefill pass and one decode pass (into cache rows the first real pass
         // overwrites). Drivers may finish compiling a pipeline on its first dispatch (lavapipe
         // JIT-compiles to machine code then); that belongs to the load, not the first token.
-        let warm = std::time::Instant::now();
+        let warm = now_ms();
         for t in [2usize.min(max_t), 1] {
             ctx.queue.write_buffer(&tokens, 0, &[0; 8][..4 * t]);
             ctx.queue.write_buffer(&step, 0, &Step::new(t, 0).to_bytes());
@@ -199,8 +204,8 @@ impl GpuLlama {
             }
             ctx.queue.submit([encoder.finish()]);
         }
-        ctx.wait()?;
-        let warmup_ms = warm.elapsed().as_secs_f64() * 1e3;
+        ctx.idle().await?;
+        let warmup_ms = now_ms() - warm;
 
         let mut matrices: Vec<GpuMatrix> = layers.into_iter().flatten().collect();
         matrices.push(embed);
@@ -208,18 +213,23 @@ impl GpuLlama {
         let mut resident = vec![out_norm, rope_table, x, h, q, attn, o, gate, up, scores, h_last];
         resident.extend(norms.into_iter().flatten());
         resident.extend(caches.into_iter().flat_map(|(k, v)| [k, v]));
+        let stage_result = buffers::staging(&ctx, 8);
+        let stage_logits = buffers::staging(&ctx, (c.vocab * 4) as u64);
+        let own = [&tokens, &step, &step_last, &logits, &result, &stage_result, &stage_logits];
+        let total_bytes = weight_bytes + resident.iter().chain(own).map(|b| b.size()).sum::<u64>();
         let report = GpuLoadReport {
-            load_ms: start.elapsed().as_secs_f64() * 1e3,
+            load_ms: now_ms() - start,
             pipeline_ms,
             warmup_ms,
             pipelines: kernels.cache.keys().len(),
             weight_bytes,
             kv_cache_bytes,
+            total_bytes,
             adapter: ctx.describe(),
         };
         Ok(GpuLlama {
-            stage_result: buffers::staging(&ctx, 8),
-            stage_logits: buffers::staging(&ctx, (c.vocab * 4) as u64),
+            stage_result,
+            stage_logits,
             kernels,
             config: c,
             context,
@@ -270,16 +280,16 @@ impl GpuLlama {
     /// Milliseconds per pipeline variant of one decode step at the current position, each
     /// dispatch submitted and waited for alone (so it includes per-submit overhead): where a
     /// step's time goes. Leaves the sequence as it was (writes only past its end).
-    pub fn profile_decode(&mut self) -> Result<Vec<(String, f64)>, WorkerError> {
+    pub async fn profile_decode(&mut self) -> Result<Vec<(String, f64)>, WorkerError> {
         let ctx = self.kernels.ctx.clone();
         ctx.queue.write_buffer(&self.tokens, 0, &0u32.to_le_bytes());
         ctx.queue.write_buffer(&self.step, 0, &Step::new(1, self.len).to_bytes());
         ctx.queue.write_buffer(&self.step_last, 0, &Step::new(1, self.len).to_bytes());
         let mut totals: Vec<(String, f64)> = Vec::new();
         for dispatch in self.decode.iter().chain(&self.head) {
-            let start = std::time::Instant::now();
-            self.kernels.run(&[dispatch], 1)?;
-            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let start = now_ms();
+            self.kernels.run(&[dispatch], 1).await?;
+            let ms = now_ms() - start;
             match totals.iter_mut().find(|(label, _)| *label == dispatch.label) {
                 Some((_, total)) => *total += ms,
                 None => totals.push((dispatch.label.clone(), ms)),
@@ -291,7 +301,7 @@ impl GpuLlama {
 
     /// Runs `tokens` after the cached ones (in chunks of up to [`MAX_PASS_TOKENS`]), and reads
     /// back the greedy token or the last token's logits. A refused call changes nothing.
-    pub fn forward(&mut self, tokens: &[u32], logits: bool) -> Result<Output, WorkerError> {
+    pub async fn forward(&mut self, tokens: &[u32], logits: bool) -> Result<Output, WorkerError> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(WorkerError::Protocol { reason: "forward() needs at least one token".into() });
@@ -337,10 +347,10 @@ impl GpuLlama {
             self.len += t;
         }
         if logits {
-            let bytes = buffers::read_staging(&ctx, &self.stage_logits, (c.vocab * 4) as u64)?;
+            let bytes = buffers::read_staging(&ctx, &self.stage_logits, (c.vocab * 4) as u64).await?;
             Ok(Output::Logits(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
         } else {
-            let bytes = buffers::read_staging(&ctx, &self.stage_result, 8)?;
+            let bytes = buffers::read_staging(&ctx, &self.stage_result, 8).await?;
             let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             let logit = f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
             Ok(Output::Argmax { token, logit })
@@ -348,12 +358,13 @@ impl GpuLlama {
     }
 }
 
-impl crate::generate::Sequence for GpuLlama {
-    fn forward_next(&mut self, tokens: &[u32], greedy: bool) -> Result<crate::generate::Next, WorkerError> {
-        use crate::generate::Next;
-        Ok(match self.forward(tokens, !greedy)? {
-            Output::Argmax { token, .. } => Next::Token(token),
-            Output::Logits(logits) => Next::Logits(logits),
+impl Sequence for GpuLlama {
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
+        Box::pin(async move {
+            Ok(match self.forward(tokens, !greedy).await? {
+                Output::Argmax { token, .. } => Next::Token(token),
+                Output::Logits(logits) => Next::Logits(logits),
+            })
         })
     }
     fn fits(&self, tokens: usize) -> bool {

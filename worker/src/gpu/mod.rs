@@ -1,9 +1,11 @@
 //! # The `gpu` backend: the engine's kernels on wgpu
 //!
-//! Natively wgpu runs on Vulkan (lavapipe on a CPU-only machine); the same code is meant to run
-//! on browser WebGPU in the worker behind a later `webgpu` feature, so nothing here uses a
-//! Vulkan-only API: device acquisition ([`device`]) is the one place that knows about backends,
-//! and readback waits through [`block_on`] on a future, never on a backend call.
+//! Natively wgpu runs on Vulkan (lavapipe on a CPU-only machine); in the browser worker the same
+//! code runs on `navigator.gpu` (wasm32, the `webgpu` feature). Nothing here uses a Vulkan-only
+//! API, and nothing blocks: device acquisition, every readback and every wait are `async`
+//! (the browser resolves them from its event loop; natively [`crate::futures::block_on`] drives
+//! them, wgpu firing its callbacks from `Device::poll`). Device acquisition ([`device`]) is the
+//! one place that knows about backends.
 //!
 //! ```text
 //! device.rs     GpuContext: adapter + device with the adapter's real limits, optional
@@ -29,26 +31,3 @@ pub use device::GpuContext;
 /// The wgpu this backend was built with (tests and callers name its types through this).
 pub use wgpu;
 pub use llama::GpuLlama;
-
-/// Drives a future to completion on this thread (native only: wgpu-core resolves its futures
-/// from `Device::poll`, which the callers run; a browser build awaits instead).
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(value) => return value,
-            Poll::Pending => std::thread::park_timeout(std::time::Duration::from_millis(1)),
-        }
-    }
-}

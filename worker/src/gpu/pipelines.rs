@@ -202,7 +202,7 @@ impl PipelineCache {
         if let Some(p) = self.pipelines.lock().ok().and_then(|map| map.get(&key).cloned()) {
             return Ok(p);
         }
-        let start = std::time::Instant::now();
+        let start = crate::clock::now_ms();
         let source = variant.source();
         let pipeline = ctx.scoped(&format!("pipeline {key}"), || {
             let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(&key), source: wgpu::ShaderSource::Wgsl(source.into()) });
@@ -217,7 +217,7 @@ impl PipelineCache {
         })?;
         let pipeline = Arc::new(pipeline);
         if let Ok(mut ms) = self.compile_ms.lock() {
-            *ms += start.elapsed().as_secs_f64() * 1e3;
+            *ms += crate::clock::now_ms() - start;
         }
         if let Ok(mut map) = self.pipelines.lock() {
             map.insert(key, pipeline.clone());
