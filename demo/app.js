@@ -87,7 +87,8 @@ async function loadSelected(event) {
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     const origin = downloaded === 0 ? 'all from this browser\'s cache' : `${mib(downloaded)} downloaded`;
     const notStored = model.info.shards.filter((s) => !s.stored).length;
-    setStatus(status, `${name} ready in ${seconds} s (${mib(model.info.totalBytes)}, ${origin})${notStored ? ` — ${notStored} shard(s) could not be cached and run from memory` : ''}.`, notStored ? 'warn' : 'ok');
+    const where = model.info.backend === 'webgpu' ? `on WebGPU, ${model.info.gpu.pipelines} pipelines compiled in ${model.info.gpu.pipelineMs.toFixed(0)} ms` : 'on WASM SIMD';
+    setStatus(status, `${name} ready in ${seconds} s (${mib(model.info.totalBytes)}, ${origin}, ${where})${notStored ? ` — ${notStored} shard(s) could not be cached and run from memory` : ''}.`, notStored ? 'warn' : 'ok');
     if (model.info.kind === 'text') {
       chatModel = model;
       $('chat-card').hidden = false;
@@ -202,6 +203,8 @@ async function residentGroups() {
       groups.set(group, (groups.get(group) ?? 0) + c.bytes);
     }
     if (usage.kvCacheBytes) groups.set(`${prefix}KV cache`, usage.kvCacheBytes);
+    // On WebGPU: the GPU's copy of the weights, its KV cache and activations (GPU memory).
+    if (usage.gpuBytes) groups.set(`${prefix}GPU buffers`, usage.gpuBytes);
   }
   return groups;
 }
@@ -308,8 +311,11 @@ function renderCapabilities(caps) {
     ['Memory', caps.deviceMemoryGB ? `${caps.deviceMemoryGB} GB (device)` : 'not reported'],
   ];
   $('caps').replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: v })]));
+  // WebGPU is offered when the browser has an adapter; a software one (SwiftShader, llvmpipe)
+  // is slower than the WASM SIMD path, so it is offered but says so, and 'auto' skips it.
   const gpu = $('backend-select').querySelector('[value=webgpu]');
-  gpu.textContent = caps.webgpu.available ? 'WebGPU (backend not built yet)' : 'WebGPU (unavailable here)';
+  gpu.disabled = !caps.webgpu.available;
+  gpu.textContent = !caps.webgpu.available ? 'WebGPU (unavailable here)' : a.isFallbackAdapter ? 'WebGPU (software adapter: slower than WASM here)' : 'WebGPU';
 }
 
 async function main() {

@@ -1,6 +1,7 @@
 // The demo page as a visitor uses it: load SmolLM2 with per-shard progress, chat, see the
 // metrics, memory and cache panels fill in; then with the server gone, reload and do it again
-// from the cache. Screenshots of both go to test-results/ (look at them).
+// from the cache, and load it once more on the WebGPU backend through the backend switch.
+// Screenshots go to test-results/ (look at them).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
@@ -60,6 +61,16 @@ test('the demo loads SmolLM2, chats, and works again with the server stopped', {
     assert.equal(await page.locator('#progress .note', { hasText: 'from cache' }).count(), 3);
     assert.match(await page.textContent('#load-status'), /all from this browser's cache/);
     await page.screenshot({ path: join(REPO, 'test-results', 'demo-offline.png'), fullPage: true });
+
+    // The backend switch: WebGPU is offered (software adapter here, and the option says so),
+    // the model goes onto the GPU and the memory panel shows its GPU buffers.
+    assert.match(await page.textContent('#backend-select [value=webgpu]'), /software adapter/);
+    await page.selectOption('#backend-select', 'webgpu');
+    await page.click('#load-button');
+    await page.waitForSelector('#load-status.ok', { timeout: 120_000 });
+    assert.match(await page.textContent('#load-status'), /on WebGPU, \d+ pipelines compiled/);
+    await page.waitForFunction(() => /GPU buffers/.test(document.querySelector('#memory-bars').textContent));
+    assert.deepEqual(errors, [], 'no console errors or failed requests');
   } finally {
     await browser.close();
     await server.close();

@@ -126,9 +126,11 @@ impl GpuContext {
 
     /// One line for logs and `--json` output: adapter, backend, binding limit, features.
     pub fn describe(&self) -> String {
+        // Browsers may leave the description empty (privacy); a fallback adapter is software.
+        let name = if self.adapter.name.is_empty() { "adapter" } else { self.adapter.name.as_str() };
+        let software = if self.adapter.device_type == wgpu::DeviceType::Cpu { " (software)" } else { "" };
         format!(
-            "{} ({:?}), max binding {} MiB, shader-f16 {}, subgroups {}",
-            self.adapter.name,
+            "{name}{software} ({:?}), max binding {} MiB, shader-f16 {}, subgroups {}",
             self.adapter.backend,
             self.limits.max_storage_buffer_binding_size >> 20,
             self.features.shader_f16,
