@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DIST, launchBrowser, serveSite, watchErrors } from '../lib/browser.mjs';
+import { DIST, openHarness } from '../lib/browser.mjs';
 
 const MODEL = 'smollm2-135m-8mb';
 // ~12 MB/s: the 98 MB model takes ~8 s to arrive.
@@ -26,25 +26,20 @@ const PROMPT = [
   'One night, as the last boat rounded the point, he noticed a light far out at sea where no',
 ].join(' ');
 
+let harness;
 let server;
-let browser;
 let page;
 let errors;
 let manifest;
 
 before(async () => {
   manifest = JSON.parse(await readFile(join(DIST, 'models', MODEL, 'manifest.json'), 'utf8'));
-  server = await serveSite({ bytesPerSecond: BYTES_PER_SECOND });
-  browser = await launchBrowser();
-  page = await browser.context.newPage();
-  errors = watchErrors(page);
-  await page.goto(`${server.url}/test/harness.html`);
-  await page.waitForFunction(() => window.harnessReady === true);
+  harness = await openHarness({ bytesPerSecond: BYTES_PER_SECOND });
+  ({ server, page, errors } = harness);
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.close();
+  await harness?.close();
 });
 
 test('a progressive load computes the first layers before the last shard is sent', { timeout: 300_000 }, async () => {

@@ -7,22 +7,17 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { REPO, launchBrowser, serveSite, watchErrors } from '../lib/browser.mjs';
+import { REPO, openHarness } from '../lib/browser.mjs';
 
 const onceUpon = JSON.parse(await readFile(join(REPO, 'tests', 'fixtures', 'smollm2_once_upon.json'), 'utf8'));
 const PROMPT = onceUpon.prompt;
-let server;
-let browser;
+let harness;
 let page;
 let errors;
 
 before(async () => {
-  server = await serveSite();
-  browser = await launchBrowser();
-  page = await browser.context.newPage();
-  errors = watchErrors(page);
-  await page.goto(`${server.url}/test/harness.html`);
-  await page.waitForFunction(() => window.harnessReady === true);
+  harness = await openHarness();
+  ({ page, errors } = harness);
   await page.evaluate(async () => {
     window.acc = new window.accel.IPFSAccelerate();
     window.model = await window.acc.loadModel('smollm2-135m');
@@ -30,8 +25,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.close();
+  await harness?.close();
 });
 
 test('tokens stream one by one and are exactly generate\'s tokens', { timeout: 120_000 }, async () => {

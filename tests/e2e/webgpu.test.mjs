@@ -5,31 +5,29 @@
 //   - a 2-layer Llama cut from SmolLM2 (scripts/make-test-gguf.py), packed as stored
 //     (Q4_1 projections, Q8_0 embedding/head) and requantized to q3 — 8 tokens each;
 //   - SmolLM2-135M itself on the reference fixture's prompt — the first 3 tokens (software
-//     WebGPU runs the 30 layers at a few tokens per second), which are also the fixture's.
+//     WebGPU runs the 30 layers at under a token per second), which must also be
+//     `accel generate`'s natively on the same pack, and the fixture's.
 // Prints decode tokens/s of both backends (SwiftShader vs WASM SIMD on this machine).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { REPO, launchBrowser, serveSite, watchErrors } from '../lib/browser.mjs';
+import { DIST, REPO, openHarness } from '../lib/browser.mjs';
 
-let server;
-let browser;
+const ACCEL = join(process.env.CARGO_TARGET_DIR ?? join(REPO, 'target'), 'release', 'accel');
+
+let harness;
 let page;
 let errors;
 
 before(async () => {
-  server = await serveSite();
-  browser = await launchBrowser();
-  page = await browser.context.newPage();
-  errors = watchErrors(page);
-  await page.goto(`${server.url}/test/harness.html`);
-  await page.waitForFunction(() => window.harnessReady === true);
+  harness = await openHarness();
+  ({ page, errors } = harness);
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.close();
+  await harness?.close();
 });
 
 /** Loads `name` on both backends in one engine worker and generates greedily on each. */
@@ -81,12 +79,16 @@ for (const name of ['smollm2-2layer', 'smollm2-2layer-q3']) {
   });
 }
 
-test('smollm2-135m: WebGPU (SwiftShader) gives the WASM backend\'s and the fixture\'s first tokens', { timeout: 600_000 }, async () => {
+test('smollm2-135m: WebGPU (SwiftShader) gives the native CLI\'s, the WASM backend\'s and the fixture\'s first tokens', { timeout: 600_000 }, async () => {
   const fixture = JSON.parse(await readFile(join(REPO, 'tests', 'fixtures', 'smollm2_once_upon.json'), 'utf8'));
   const MAX_TOKENS = 3;
   const both = await bothBackends('smollm2-135m', fixture.prompt, MAX_TOKENS);
   report('smollm2-135m', both);
   assertRanOnTheGpu(both);
+  // `accel generate` natively on the very pack the site serves.
+  const native = JSON.parse(execFileSync(ACCEL, ['generate', '--model', join(DIST, 'models', 'smollm2-135m'), '--json', '--prompt', fixture.prompt,
+    '--temperature', '0', '--max-tokens', String(MAX_TOKENS)], { encoding: 'utf8' }));
+  assert.deepEqual(both.gpu.out.tokenIds, native.token_ids, 'the native CLI\'s tokens');
   assert.deepEqual(both.gpu.out.promptTokenIds, fixture.prompt_ids);
   assert.deepEqual(both.gpu.out.tokenIds, both.wasm.out.tokenIds);
   assert.deepEqual(both.gpu.out.tokenIds, fixture.greedy_ids.slice(0, MAX_TOKENS));

@@ -46,3 +46,23 @@ export function watchErrors(page) {
   page.on('response', (res) => { if (res.status() >= 400) errors.push(`HTTP ${res.status()} ${res.url()}`); });
   return errors;
 }
+
+/**
+ * The site served (`serverOptions` as serveSite's) and a fresh browser on the test harness page
+ * (`window.accel` loaded). Returns {server, browser, page, errors, close()}.
+ */
+export async function openHarness(serverOptions = {}) {
+  const server = await serveSite(serverOptions);
+  const browser = await launchBrowser();
+  const page = await browser.context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${server.url}/test/harness.html`);
+  await page.waitForFunction(() => window.harnessReady === true);
+  return {
+    server, browser, page, errors,
+    async close() {
+      await browser.close();
+      await server.close();
+    },
+  };
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_ms;
 use crate::futures::{block_on, LocalBoxFuture};
 use crate::models::llama::{Llama, LlamaState};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{Sampler, SamplerConfig, Want};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{TokenStreamDecoder, Tokenizer};
 use crate::WorkerError;
@@ -77,6 +77,9 @@ pub enum Next {
     Logits(Vec<f32>),
     /// The greedy token, chosen by the backend (asked for only when sampling is plain greedy).
     Token(u32),
+    /// The backend's top-k candidates `(id, logit)`, best first (asked for by top-k sampling
+    /// without penalties).
+    TopK(Vec<(u32, f32)>),
 }
 
 /// A model with its sequence state, as the generator drives it: the CPU's [`Llama`] +
@@ -85,9 +88,10 @@ pub enum Next {
 /// A forward pass is a future: the browser's GPU answers through promises, so the worker awaits
 /// it; the CPU's is ready at the first poll (and the native loop runs it with [`block_on`]).
 pub trait Sequence {
-    /// Runs `tokens` after the cached ones. With `greedy`, the backend may return only the
-    /// argmax ([`Next::Token`]); otherwise it returns the last token's logits.
-    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>>;
+    /// Runs `tokens` after the cached ones and returns what the sampler `want`s: a backend may
+    /// return only the greedy token ([`Next::Token`]) or the top-k ([`Next::TopK`]), or always
+    /// the last token's logits.
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], want: Want) -> LocalBoxFuture<'s, Result<Next, WorkerError>>;
     /// Whether `tokens` more fit (sliding the window if there is one).
     fn fits(&self, tokens: usize) -> bool;
     /// Tokens held.
@@ -97,8 +101,8 @@ pub trait Sequence {
 }
 
 impl<S: Sequence + ?Sized> Sequence for &mut S {
-    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
-        (**self).forward_next(tokens, greedy)
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], want: Want) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
+        (**self).forward_next(tokens, want)
     }
     fn fits(&self, tokens: usize) -> bool {
         (**self).fits(tokens)
@@ -118,7 +122,7 @@ struct CpuSequence<'a> {
 }
 
 impl Sequence for CpuSequence<'_> {
-    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], _greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], _want: Want) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
         let next = self.model.forward(self.state, tokens, false).map(Next::Logits);
         Box::pin(std::future::ready(next))
     }
@@ -311,7 +315,7 @@ impl<'a> Generator<'a> {
         let total = self.prompt_ids.len();
         if self.prefilled < total {
             let end = (self.prefilled + self.params.prefill_chunk.max(1)).min(total);
-            self.next = self.sequence.forward_next(&self.prompt_ids[self.prefilled..end], self.params.sampler.is_plain_greedy()).await?;
+            self.next = self.sequence.forward_next(&self.prompt_ids[self.prefilled..end], self.params.sampler.wants()).await?;
             self.prefilled = end;
             if end == total {
                 self.prefill_ms = now_ms() - self.start - self.excluded_ms;
@@ -326,11 +330,12 @@ impl<'a> Generator<'a> {
             if !self.sequence.fits(1) {
                 return Ok(self.end(StopReason::ContextFull));
             }
-            self.next = self.sequence.forward_next(&[last], self.params.sampler.is_plain_greedy()).await?;
+            self.next = self.sequence.forward_next(&[last], self.params.sampler.wants()).await?;
         }
         let next = match &self.next {
             Next::Token(id) => *id,
             Next::Logits(logits) => self.sampler.sample(logits, &self.history),
+            Next::TopK(top) => self.sampler.sample_top_k(top),
         };
         self.token_ids.push(next);
         self.history.push(next);

@@ -127,10 +127,35 @@ impl SamplerConfig {
         (self.temperature == 0.0 || self.top_k == 1) && !self.penalties_active()
     }
 
+    /// What this sampler needs from a forward pass: the greedy token, the top-k candidates
+    /// (top-k sampling without penalties: everything after top-k looks only at the k best), or
+    /// the whole vocabulary's logits. A backend may return more than asked (logits always do).
+    pub fn wants(&self) -> Want {
+        if self.is_plain_greedy() {
+            Want::Token
+        } else if self.top_k > 0 && !self.penalties_active() {
+            Want::TopK(self.top_k)
+        } else {
+            Want::Logits
+        }
+    }
+
     fn penalties_active(&self) -> bool {
         self.penalty_last_n > 0
             && (self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0)
     }
+}
+
+/// What a forward pass must hand the sampler ([`SamplerConfig::wants`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The greedy token (a GPU picks it: 8 bytes read back).
+    Token,
+    /// The `k` largest logits with their ids, best first, ties to the lower id
+    /// ([`Sampler::sample_top_k`]).
+    TopK(usize),
+    /// The last token's logits over the vocabulary ([`Sampler::sample`]).
+    Logits,
 }
 
 /// PCG32 (PCG-XSH-RR, 64-bit state, 32-bit output; O'Neill 2014, <https://www.pcg-random.org>).
@@ -320,12 +345,37 @@ impl Sampler {
             return 0;
         }
 
-        // Top-k: partition so the k best come first (unordered), drop the rest.
-        if config.top_k > 0 && config.top_k < candidates.len() {
-            candidates.select_nth_unstable_by(config.top_k - 1, by_logit_desc);
-            candidates.truncate(config.top_k);
+        // Top-k: partition so the k best come first, drop the rest, and put them in order —
+        // the order a backend's top-k arrives in (`sample_top_k`), so both draw the same token.
+        if config.top_k > 0 {
+            if config.top_k < candidates.len() {
+                candidates.select_nth_unstable_by(config.top_k - 1, by_logit_desc);
+                candidates.truncate(config.top_k);
+            }
+            candidates.sort_unstable_by(by_logit_desc);
         }
+        self.draw()
+    }
 
+    /// Picks the next token from a backend's top-k (`top`: the `k` largest logits with their
+    /// ids, best first, ties to the lower id — [`Want::TopK`]). The same token as
+    /// [`Sampler::sample`] on the logits they came from, for a config whose
+    /// [`SamplerConfig::wants`] is `TopK`.
+    pub fn sample_top_k(&mut self, top: &[(u32, f32)]) -> u32 {
+        let k = self.config.top_k.max(1);
+        self.candidates.clear();
+        self.candidates.extend(top.iter().take(k).map(|&(id, logit)| Candidate { id, logit: sanitize(logit), prob: 0.0 }));
+        if self.candidates.is_empty() {
+            return 0;
+        }
+        self.draw()
+    }
+
+    /// Softmax at the temperature over `self.candidates` (non-empty), then top-p, min-p and the
+    /// draw.
+    fn draw(&mut self) -> u32 {
+        let config = &self.config;
+        let candidates = &mut self.candidates;
         // Softmax (unnormalised: draws scale by the total instead of dividing every entry).
         let max = candidates.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
         if max == f32::NEG_INFINITY {
@@ -365,8 +415,9 @@ impl Sampler {
                 }
             }
         }
-        // Rounding left the target at or just past the sum: the last token that could be drawn.
-        last_possible.unwrap_or_else(|| argmax(logits))
+        // Rounding left the target at or just past the sum: the last token that could be drawn
+        // (or, if none had a probability above 0, the most likely).
+        last_possible.unwrap_or_else(|| candidates.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |c| c.id))
     }
 }
 
@@ -388,6 +439,44 @@ mod tests {
         let mut v: Vec<f32> = (0..1000).map(|_| (rng.next_f64() as f32) * 8.0 - 4.0).collect();
         v[617] = 5.0;
         v
+    }
+
+    /// A backend's top-k (what the GPU's top-k kernel returns): the k best, best first.
+    fn top_k_of(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        order.into_iter().take(k).map(|id| (id, logits[id as usize])).collect()
+    }
+
+    #[test]
+    fn a_backends_top_k_draws_the_tokens_the_logits_draw() {
+        let mut logits = bumpy_logits();
+        // Ties across the cut and at the top.
+        logits[3] = logits[617];
+        logits[10] = 2.5;
+        logits[11] = 2.5;
+        for (top_k, top_p, min_p, temperature) in [(40, 1.0, 0.0, 0.8), (5, 0.9, 0.0, 1.3), (128, 0.5, 0.05, 0.7), (2, 1.0, 0.0, 2.0), (1000, 0.95, 0.0, 1.0)] {
+            let config = SamplerConfig { temperature, top_k, top_p, min_p, seed: Some(11), ..SamplerConfig::default() };
+            assert_eq!(config.wants(), Want::TopK(top_k));
+            let (mut full, mut top) = (sampler(config.clone()), sampler(config));
+            let candidates = top_k_of(&logits, top_k);
+            let a: Vec<u32> = (0..200).map(|_| full.sample(&logits, &[])).collect();
+            let b: Vec<u32> = (0..200).map(|_| top.sample_top_k(&candidates)).collect();
+            assert_eq!(a, b, "top_k {top_k}, top_p {top_p}, min_p {min_p}, T {temperature}");
+            assert!(a.iter().any(|&t| t != a[0]), "the draws vary (top_k {top_k})");
+        }
+    }
+
+    #[test]
+    fn what_a_sampler_asks_of_the_backend() {
+        let config = |temperature, top_k, repetition_penalty| SamplerConfig { temperature, top_k, repetition_penalty, ..SamplerConfig::default() };
+        assert_eq!(config(0.0, 0, 1.0).wants(), Want::Token);
+        assert_eq!(config(0.8, 1, 1.0).wants(), Want::Token);
+        assert_eq!(config(0.8, 40, 1.0).wants(), Want::TopK(40));
+        // Penalties change logits the top-k never saw; no top-k means the whole vocabulary.
+        assert_eq!(config(0.8, 40, 1.2).wants(), Want::Logits);
+        assert_eq!(config(0.8, 0, 1.0).wants(), Want::Logits);
+        assert_eq!(config(0.0, 0, 1.2).wants(), Want::Logits);
     }
 
     #[test]

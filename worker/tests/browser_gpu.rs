@@ -6,6 +6,7 @@
 //! No adapter is a failure here, never a skip: tests/webdriver.json asks for one.
 #![cfg(all(target_arch = "wasm32", feature = "gpu"))]
 
+#[macro_use]
 mod gpu_cases;
 
 use std::sync::Arc;
@@ -29,19 +30,6 @@ macro_rules! browser_cases {
     )*};
 }
 
-// Every kernel family, every storage type, and the error paths. (The cases are small: a
-// software adapter runs them in seconds.)
-browser_cases!(
-    embedding_gathers_every_storage_type,
-    matmul_matches_the_cpu_for_every_storage_type_decode_and_prefill,
-    matmul_can_write_kv_cache_rows_at_the_position,
-    rmsnorm_and_the_last_token_norm,
-    layernorm_matches,
-    rope_both_conventions_in_place_and_in_the_cache,
-    attention_over_the_cache_decode_and_prefill,
-    swiglu_gelu_and_residual,
-    argmax_picks_the_first_maximum,
-    validation_errors_are_named_not_zeros,
-    a_tensor_over_the_binding_limit_is_refused_by_name,
-    a_lost_device_is_a_named_error,
-);
+// Every case: every kernel family, every storage type, and the error paths. (They are small:
+// a software adapter runs them in seconds.)
+every_case!(browser_cases);

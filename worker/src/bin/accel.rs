@@ -321,10 +321,7 @@ of FILE's lines to those of --reference R.
         let logits = match args.backend()? {
             Backend::Cpu => m.model.forward(&mut m.model.new_state(context), &ids, false)?,
             #[cfg(feature = "gpu")]
-            Backend::Gpu => match block_on(load_gpu(&m, context)?.forward(&ids, true))? {
-                worker::gpu::llama::Output::Logits(logits) => logits,
-                worker::gpu::llama::Output::Argmax { .. } => unreachable!("forward(.., true) returns logits"),
-            },
+            Backend::Gpu => block_on(load_gpu(&m, context)?.forward_logits(&ids))?,
             #[cfg(not(feature = "gpu"))]
             Backend::Gpu => unreachable!("Args::backend refuses gpu without the feature"),
         };

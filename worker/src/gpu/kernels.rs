@@ -12,7 +12,7 @@
 //! rope       x [t, heads·hd] (or cache rows at pos), table [positions, hd/2] (cos, sin)
 //! attention  q [t, heads·hd], k/v cache [ctx, kv·hd], scores [t, heads, ctx] → out [t, heads·hd]
 //! swiglu     gate [t, ff] ← silu(gate) ⊙ up;  gelu  x [t, d] in place;  residual x += o
-//! argmax     logits [n] → result [index, value bits]
+//! top_k      logits [n] → result [k × (index, value bits)], best first (k = 1: argmax)
 //! ```
 
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use crate::WorkerError;
 /// Workgroup size of the row / element kernels (a multiple of every subgroup size, and within
 /// WebGPU's guaranteed 256 invocations).
 pub const WG: u32 = 64;
-/// Workgroup size of the single-workgroup argmax.
-pub const ARGMAX_WG: u32 = 256;
+/// Workgroup size of the single-workgroup top-k (and argmax).
+pub const TOPK_WG: u32 = 256;
 /// Invocations per weight row in the matmul (`LANES` in matmul.wgsl). Measured on lavapipe
 /// (SmolLM2's 1536×576 Q4_1 GEMV, 2 shared cores): 1 lane 5.5 ms, 2: 4.6, 4: 3.9, 8: 6.0.
 pub const MATMUL_LANES: u32 = 4;
@@ -58,7 +58,7 @@ impl GpuMatrix {
 /// How many workgroups along y: the token axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenAxis {
-    /// One (argmax, the last-token norm).
+    /// One (top-k, the last-token norm).
     One,
     /// One per token.
     PerToken,
@@ -229,11 +229,14 @@ impl Kernels {
         self.dispatch(Variant::new(Family::Residual, WG), dims, Some(step), &[x, o], (cols as u32).div_ceil(WG), TokenAxis::PerToken)
     }
 
-    /// result = [argmax(logits[..n]), its value's bits].
-    pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, n: usize) -> Result<Dispatch, WorkerError> {
-        need(logits, n, "argmax logits")?;
-        let dims = Dims { cols: n as u32, ..Dims::default() };
-        self.dispatch(Variant::new(Family::Argmax, ARGMAX_WG), dims, None, &[logits, result], 1, TokenAxis::One)
+    /// result = the `k` largest of `logits[..n]` as (index, value bits) pairs, best first, ties
+    /// to the lower index (the CPU sampler's order); `k = 1` is greedy argmax.
+    pub fn top_k(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, n: usize, k: usize) -> Result<Dispatch, WorkerError> {
+        let k = k.max(1);
+        need(logits, n, "top-k logits")?;
+        need(result, 2 * k, "top-k result (2 words per candidate)")?;
+        let dims = Dims { rows: k as u32, cols: n as u32, ..Dims::default() };
+        self.dispatch(Variant::new(Family::TopK, TOPK_WG), dims, None, &[logits, result], 1, TokenAxis::One)
     }
 
     /// Records `dispatches` for `t` tokens in one compute pass, submits, waits, and checks for

@@ -8,15 +8,16 @@
 //! in two lists: GEMV matmuls for decode and token-tiled GEMMs for prefill.
 //!
 //! A pass is one command buffer: write the token ids and the Step uniform (t, position), record
-//! the pre-built dispatches, and for the last chunk the final norm, LM head and argmax, then
-//! copy back 8 bytes (greedy) or the logits. Per pass the CPU does no allocation on the device.
+//! the pre-built dispatches, and for the last chunk the final norm, LM head and what the sampler
+//! needs: argmax (8 bytes read back, greedy), the top [`GPU_TOP_K`] candidates (top-k sampling:
+//! 8 bytes each), or the logits. Per pass the CPU does no allocation on the device.
 //!
 //! ```text
 //! x = embed[tokens]                                        x: [t, d]
 //! per layer: h = rmsnorm(x)·attn_norm; q = h·Wqᵀ; K/V rows pos.. of the cache = h·Wkᵀ, h·Wvᵀ
 //!            rope(q), rope(cache K rows); a = attention(q, cache); x += a·Woᵀ
 //!            h = rmsnorm(x)·ffn_norm; g = silu(h·Wgᵀ) ⊙ h·Wuᵀ; x += g·Wdᵀ
-//! logits = rmsnorm(x[t-1])·out_norm · Wheadᵀ; argmax on the GPU
+//! logits = rmsnorm(x[t-1])·out_norm · Wheadᵀ; argmax or top-k on the GPU
 //! ```
 //!
 //! Not (yet) on the GPU: the sliding window (a full cache is `ContextOverflowError`), and
@@ -31,6 +32,7 @@ use super::GpuContext;
 use crate::clock::now_ms;
 use crate::futures::LocalBoxFuture;
 use crate::generate::{Next, Sequence};
+use crate::sampler::Want;
 use crate::models::llama::{Llama, LlamaConfig};
 use crate::WorkerError;
 
@@ -39,6 +41,8 @@ use crate::WorkerError;
 pub enum Output {
     /// The greedy token id and its logit (8 bytes read back).
     Argmax { token: u32, logit: f32 },
+    /// The `k` largest logits with their ids, best first (ties to the lower id).
+    TopK(Vec<(u32, f32)>),
     /// The last token's logits over the vocabulary.
     Logits(Vec<f32>),
 }
@@ -75,7 +79,11 @@ pub struct GpuLlama {
     stage_logits: wgpu::Buffer,
     decode: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
+    /// Final norm (last token) and LM head.
     head: Vec<Dispatch>,
+    /// Top-1 (argmax) and top-[`GPU_TOP_K`] of the logits into `result`.
+    pick_argmax: Dispatch,
+    pick_top: Dispatch,
     pub report: GpuLoadReport,
     /// Buffers the dispatches' bind groups reference (kept alive with them).
     _resident: Vec<wgpu::Buffer>,
@@ -90,6 +98,11 @@ impl std::fmt::Debug for GpuLlama {
 
 /// Tokens per prefill pass (activation buffers are sized for it).
 pub const MAX_PASS_TOKENS: usize = 64;
+
+/// The most candidates the GPU picks for top-k sampling (a larger `top_k` reads back the
+/// logits). One pass of the top-k kernel costs k scans of the vocabulary spread over 256
+/// invocations; 128 covers the usual settings (40, 50, 64, 100).
+pub const GPU_TOP_K: usize = 128;
 
 impl GpuLlama {
     /// Uploads `model` and builds every dispatch, with a KV cache of `context` positions (at
@@ -146,7 +159,7 @@ impl GpuLlama {
         let scores = act("scores", max_t * c.n_head * context)?;
         let h_last = act("h_last", d)?;
         let logits = act("logits", c.vocab)?;
-        let result = buffers::init(&ctx, "argmax", &[0; 8], wgpu::BufferUsages::STORAGE);
+        let result = buffers::init(&ctx, "top_k", &[0; GPU_TOP_K * 8], wgpu::BufferUsages::STORAGE);
         let tokens = buffers::init(&ctx, "tokens", &vec![0; max_t * 4], wgpu::BufferUsages::STORAGE);
         let step = step_buffer(&ctx, 1, 0);
         let step_last = step_buffer(&ctx, 1, 0);
@@ -182,8 +195,9 @@ impl GpuLlama {
         let head = vec![
             k.rmsnorm(&x, &out_norm, &h_last, &step, d, c.rms_eps, max_t, true)?,
             k.matmul(head_matrix, &h_last, &logits, &step_last, 1, 1, None)?,
-            k.argmax(&logits, &result, c.vocab)?,
         ];
+        let pick_argmax = k.top_k(&logits, &result, c.vocab, 1)?;
+        let pick_top = k.top_k(&logits, &result, c.vocab, GPU_TOP_K)?;
         ctx.idle().await?;
         let pipeline_ms = kernels.cache.compile_ms();
 
@@ -198,7 +212,7 @@ impl GpuLlama {
             let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("warm-up") });
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("warm-up"), timestamp_writes: None });
-                for dispatch in if t == 1 { &decode } else { &prefill }.iter().chain(&head) {
+                for dispatch in if t == 1 { &decode } else { &prefill }.iter().chain(&head).chain([&pick_argmax]) {
                     dispatch.record(&mut pass, t as u32);
                 }
             }
@@ -213,7 +227,7 @@ impl GpuLlama {
         let mut resident = vec![out_norm, rope_table, x, h, q, attn, o, gate, up, scores, h_last];
         resident.extend(norms.into_iter().flatten());
         resident.extend(caches.into_iter().flat_map(|(k, v)| [k, v]));
-        let stage_result = buffers::staging(&ctx, 8);
+        let stage_result = buffers::staging(&ctx, (GPU_TOP_K * 8) as u64);
         let stage_logits = buffers::staging(&ctx, (c.vocab * 4) as u64);
         let own = [&tokens, &step, &step_last, &logits, &result, &stage_result, &stage_logits];
         let total_bytes = weight_bytes + resident.iter().chain(own).map(|b| b.size()).sum::<u64>();
@@ -243,6 +257,8 @@ impl GpuLlama {
             decode,
             prefill,
             head,
+            pick_argmax,
+            pick_top,
             report,
             _resident: resident,
             _matrices: matrices,
@@ -286,7 +302,7 @@ impl GpuLlama {
         ctx.queue.write_buffer(&self.step, 0, &Step::new(1, self.len).to_bytes());
         ctx.queue.write_buffer(&self.step_last, 0, &Step::new(1, self.len).to_bytes());
         let mut totals: Vec<(String, f64)> = Vec::new();
-        for dispatch in self.decode.iter().chain(&self.head) {
+        for dispatch in self.decode.iter().chain(&self.head).chain([&self.pick_argmax]) {
             let start = now_ms();
             self.kernels.run(&[dispatch], 1).await?;
             let ms = now_ms() - start;
@@ -300,8 +316,10 @@ impl GpuLlama {
     }
 
     /// Runs `tokens` after the cached ones (in chunks of up to [`MAX_PASS_TOKENS`]), and reads
-    /// back the greedy token or the last token's logits. A refused call changes nothing.
-    pub async fn forward(&mut self, tokens: &[u32], logits: bool) -> Result<Output, WorkerError> {
+    /// back what `want` asks for: the greedy token, the top `k` candidates (`k` ≤
+    /// [`GPU_TOP_K`]; a larger `k` reads back the logits) or the last token's logits. A refused
+    /// call changes nothing.
+    pub async fn forward(&mut self, tokens: &[u32], want: Want) -> Result<Output, WorkerError> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(WorkerError::Protocol { reason: "forward() needs at least one token".into() });
@@ -312,6 +330,16 @@ impl GpuLlama {
         if !self.fits(tokens.len()) {
             return Err(WorkerError::ContextOverflow { tokens: self.len + tokens.len(), context: self.context });
         }
+        let want = match want {
+            Want::TopK(k) if k > GPU_TOP_K.min(c.vocab) => Want::Logits,
+            other => other,
+        };
+        // What the last chunk picks on the GPU and how many bytes come back.
+        let (pick, readback) = match want {
+            Want::Token => (Some(&self.pick_argmax), 8),
+            Want::TopK(_) => (Some(&self.pick_top), (GPU_TOP_K * 8) as u64),
+            Want::Logits => (None, (c.vocab * 4) as u64),
+        };
         let ctx = self.kernels.ctx.clone();
         let chunks: Vec<&[u32]> = tokens.chunks(self.max_t).collect();
         for (n, chunk) in chunks.iter().enumerate() {
@@ -329,16 +357,15 @@ impl GpuLlama {
                     dispatch.record(&mut pass, t as u32);
                 }
                 if last {
-                    for dispatch in &self.head {
+                    for dispatch in self.head.iter().chain(pick) {
                         dispatch.record(&mut pass, t as u32);
                     }
                 }
             }
             if last {
-                if logits {
-                    encoder.copy_buffer_to_buffer(&self.logits, 0, &self.stage_logits, 0, (c.vocab * 4) as u64);
-                } else {
-                    encoder.copy_buffer_to_buffer(&self.result, 0, &self.stage_result, 0, 8);
+                match pick {
+                    Some(_) => encoder.copy_buffer_to_buffer(&self.result, 0, &self.stage_result, 0, readback),
+                    None => encoder.copy_buffer_to_buffer(&self.logits, 0, &self.stage_logits, 0, readback),
                 }
             }
             // The next chunk's write_buffer calls land after this submission and before the
@@ -346,23 +373,33 @@ impl GpuLlama {
             ctx.queue.submit([encoder.finish()]);
             self.len += t;
         }
-        if logits {
-            let bytes = buffers::read_staging(&ctx, &self.stage_logits, (c.vocab * 4) as u64).await?;
-            Ok(Output::Logits(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
-        } else {
-            let bytes = buffers::read_staging(&ctx, &self.stage_result, 8).await?;
-            let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            let logit = f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-            Ok(Output::Argmax { token, logit })
+        let stage = if pick.is_some() { &self.stage_result } else { &self.stage_logits };
+        let bytes = buffers::read_staging(&ctx, stage, readback).await?;
+        let words: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Ok(match want {
+            Want::Token => Output::Argmax { token: words[0], logit: f32::from_bits(words[1]) },
+            Want::TopK(k) => Output::TopK(words.chunks_exact(2).take(k).filter(|p| p[0] != u32::MAX).map(|p| (p[0], f32::from_bits(p[1]))).collect()),
+            Want::Logits => Output::Logits(words.into_iter().map(f32::from_bits).collect()),
+        })
+    }
+}
+
+impl GpuLlama {
+    /// [`GpuLlama::forward`] reading back the last token's logits.
+    pub async fn forward_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, WorkerError> {
+        match self.forward(tokens, Want::Logits).await? {
+            Output::Logits(logits) => Ok(logits),
+            other => Err(WorkerError::Protocol { reason: format!("asked the GPU for logits, got {other:?}") }),
         }
     }
 }
 
 impl Sequence for GpuLlama {
-    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], greedy: bool) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
+    fn forward_next<'s>(&'s mut self, tokens: &'s [u32], want: Want) -> LocalBoxFuture<'s, Result<Next, WorkerError>> {
         Box::pin(async move {
-            Ok(match self.forward(tokens, !greedy).await? {
+            Ok(match self.forward(tokens, want).await? {
                 Output::Argmax { token, .. } => Next::Token(token),
+                Output::TopK(top) => Next::TopK(top),
                 Output::Logits(logits) => Next::Logits(logits),
             })
         })

@@ -16,7 +16,7 @@
 //! kernels.rs    one constructor per op: checks shapes, fetches the pipeline, builds the bind
 //!               group; returns a Dispatch (pipeline, bind group, grid) to record later
 //! llama.rs      GpuLlama: a Llama's weights, KV cache and activations on the GPU, a decode step
-//!               as one command buffer of pre-built dispatches, greedy argmax on the GPU
+//!               as one command buffer of pre-built dispatches; argmax / top-k on the GPU
 //! ```
 //!
 //! Every kernel is tested against the CPU ops on awkward sizes (`worker/tests/gpu_kernels.rs`).

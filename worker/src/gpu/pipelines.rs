@@ -78,7 +78,7 @@ pub enum Family {
     Swiglu,
     Gelu,
     Residual,
-    Argmax,
+    TopK,
 }
 
 impl Family {
@@ -92,7 +92,7 @@ impl Family {
             Family::Attention => include_str!("../../../shaders/attention.wgsl"),
             Family::Swiglu | Family::Gelu => include_str!("../../../shaders/activation.wgsl"),
             Family::Residual => include_str!("../../../shaders/residual.wgsl"),
-            Family::Argmax => include_str!("../../../shaders/argmax.wgsl"),
+            Family::TopK => include_str!("../../../shaders/topk.wgsl"),
         }
     }
 
@@ -115,7 +115,7 @@ impl Family {
             Family::Swiglu => "swiglu",
             Family::Gelu => "gelu",
             Family::Residual => "residual",
-            Family::Argmax => "argmax",
+            Family::TopK => "topk",
         }
     }
 }

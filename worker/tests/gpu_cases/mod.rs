@@ -5,7 +5,27 @@
 //! Each case is an `async fn` over an acquired [`GpuContext`], so the same code runs natively
 //! (`gpu_kernels.rs`: lavapipe, driven by `block_on`) and in headless Chromium inside a
 //! dedicated worker (`browser_gpu.rs`: SwiftShader WebGPU, awaited).
-#![allow(dead_code)] // each suite runs the cases it lists
+
+/// Calls `$runner!(case, case, …)` with every case: each suite turns the list into its tests.
+macro_rules! every_case {
+    ($runner:ident) => {
+        $runner!(
+            embedding_gathers_every_storage_type,
+            matmul_matches_the_cpu_for_every_storage_type_decode_and_prefill,
+            matmul_can_write_kv_cache_rows_at_the_position,
+            rmsnorm_and_the_last_token_norm,
+            layernorm_matches,
+            rope_both_conventions_in_place_and_in_the_cache,
+            attention_over_the_cache_decode_and_prefill,
+            swiglu_gelu_and_residual,
+            argmax_picks_the_first_maximum,
+            top_k_matches_the_cpu_order,
+            validation_errors_are_named_not_zeros,
+            a_tensor_over_the_binding_limit_is_refused_by_name,
+            a_lost_device_is_a_named_error,
+        );
+    };
+}
 
 use std::sync::Arc;
 
@@ -265,10 +285,33 @@ pub async fn argmax_picks_the_first_maximum(ctx: Arc<GpuContext>) {
         }
         let logits = storage_f32(&ctx, "logits", &v);
         let result = buffers::init(&ctx, "result", &[0; 8], wgpu::BufferUsages::STORAGE);
-        let d = k.argmax(&logits, &result, n).unwrap();
+        let d = k.top_k(&logits, &result, n, 1).unwrap();
         k.run(&[&d], 1).await.unwrap();
         let got = read_f32(&ctx, &result, 2).await.unwrap();
         assert_eq!((got[0].to_bits() as usize, got[1]), (at, 7.5), "argmax over {n}");
+    }
+}
+
+/// The k best in the CPU sampler's order (value descending, lower id first on ties), with
+/// ties straddling the cut, and k past the end padded with "none" (index u32::MAX).
+pub async fn top_k_matches_the_cpu_order(ctx: Arc<GpuContext>) {
+    let k = kernels(&ctx);
+    let mut rng = Rng(11);
+    for (n, want) in [(49_157usize, 128usize), (1003, 40), (300, 1), (5, 8)] {
+        // Values on a coarse grid, so many ties, some across the k-th place.
+        let v: Vec<f32> = (0..n).map(|_| (rng.f32() * 40.0).round() / 4.0).collect();
+        let logits = storage_f32(&ctx, "logits", &v);
+        let result = buffers::scratch(&ctx, "result", 2 * want).unwrap();
+        let d = k.top_k(&logits, &result, n, want).unwrap();
+        k.run(&[&d], 1).await.unwrap();
+        let words: Vec<u32> = read_f32(&ctx, &result, 2 * want).await.unwrap().into_iter().map(f32::to_bits).collect();
+        let got: Vec<(u32, f32)> = words.chunks_exact(2).map(|p| (p[0], f32::from_bits(p[1]))).collect();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| v[b as usize].total_cmp(&v[a as usize]).then(a.cmp(&b)));
+        let expected: Vec<(u32, f32)> = (0..want).map(|i| order.get(i).map_or((u32::MAX, 0.0), |&id| (id, v[id as usize]))).collect();
+        if let Some(i) = (0..want).find(|&i| got[i] != expected[i]) {
+            panic!("top-{want} of {n}: first difference at rank {i}: gpu {:?} vs cpu {:?}", got[i], expected[i]);
+        }
     }
 }
 
