@@ -199,6 +199,7 @@ async function residentGroups() {
     // Several models at once: prefix the family (smollm2, minilm) to tell their rows apart.
     const prefix = loaded.size > 1 ? `${manifest.name.split('-')[0]} ` : '';
     for (const c of usage.components) {
+      if (!c.bytes) continue; // unloaded, or on the GPU (counted under "GPU buffers")
       const group = `${prefix}${c.name.startsWith('layer.') ? 'layers' : c.name}`;
       groups.set(group, (groups.get(group) ?? 0) + c.bytes);
     }

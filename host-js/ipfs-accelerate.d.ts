@@ -173,7 +173,7 @@ export interface MemoryUsage {
   packedBytes: number;
   /** The same tensors at f16. */
   originalBytes: number;
-  /** 1 − weightsBytes / originalBytes. */
+  /** 1 − (weightsBytes + the GPU's weight bytes, on WebGPU) / originalBytes. */
   reduction: number;
   components: ComponentMemory[];
   /** Everything the engine's heap holds (all models), counted by its allocator. */

@@ -416,7 +416,7 @@ async fn upload_to_gpu(slot: &ModelSlot) -> Result<crate::protocol::GpuLoadInfo,
     let gpu = crate::gpu::GpuLlama::load(ctx, &m.model, crate::runtime::DEFAULT_CONTEXT).await?;
     let r = &gpu.report;
     let info = crate::protocol::GpuLoadInfo { adapter: r.adapter.clone(), load_ms: r.load_ms, pipeline_ms: r.pipeline_ms, pipelines: r.pipelines, bytes: r.total_bytes, context: gpu.context() };
-    slot.set_gpu(gpu);
+    slot.move_to_gpu(gpu);
     Ok(info)
 }
 

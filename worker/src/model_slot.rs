@@ -72,8 +72,10 @@ pub struct ModelSlot {
     pub metrics: RefCell<PerformanceMetrics>,
     /// The load asked for the GPU backend: generations run on [`ModelSlot::lease_gpu`]'s model.
     on_gpu: Cell<bool>,
-    /// Bytes of the model's GPU buffers (weights, KV cache, activations), for the ledger.
+    /// Bytes of the model's GPU buffers (weights, KV cache, activations), for the ledger, and
+    /// of those the weights (for the reduction against f16).
     gpu_bytes: Cell<u64>,
+    gpu_weight_bytes: Cell<u64>,
     /// The model on the GPU, once uploaded; out on lease while a generation runs (its KV cache
     /// lives on the GPU, so one generation at a time: the next waits for the lease).
     #[cfg(feature = "gpu")]
@@ -115,6 +117,7 @@ impl ModelSlot {
             metrics: RefCell::default(),
             on_gpu: Cell::new(false),
             gpu_bytes: Cell::new(0),
+            gpu_weight_bytes: Cell::new(0),
             #[cfg(feature = "gpu")]
             gpu: RefCell::default(),
         }
@@ -238,6 +241,7 @@ impl ModelSlot {
         #[cfg(feature = "gpu")]
         self.gpu.borrow_mut().take();
         self.gpu_bytes.set(0);
+        self.gpu_weight_bytes.set(0);
         self.changed.notify();
     }
 
@@ -331,6 +335,9 @@ impl ModelSlot {
         if self.state() == LoadState::Loading {
             return Err(WorkerError::InvalidParameter { reason: format!("model {} is still loading; unload components once loadModel has resolved", self.model_id) });
         }
+        if self.gpu_bytes.get() > 0 {
+            return Err(WorkerError::InvalidParameter { reason: format!("model {} runs on WebGPU, where its weights are one upload; unload the model instead (or load it with backend 'wasm' to unload components)", self.model_id) });
+        }
         let before = self.component_memory(component);
         if let Some(pack) = self.pack.borrow_mut().as_mut() {
             pack.release_component(component);
@@ -381,7 +388,8 @@ impl ModelSlot {
             kv_cache_bytes,
             packed_bytes: pack.as_ref().map_or(0, |p| p.manifest.total_bytes),
             original_bytes,
-            reduction: if original_bytes > 0 { 1.0 - weights_bytes as f64 / original_bytes as f64 } else { 0.0 },
+            // The weights wherever they are: the engine's and (on WebGPU) the GPU's.
+            reduction: if original_bytes > 0 { 1.0 - (weights_bytes + self.gpu_weight_bytes.get()) as f64 / original_bytes as f64 } else { 0.0 },
             components,
             engine_heap_bytes: memory::heap_bytes_if_counted(),
             gpu_bytes: self.gpu_bytes.get(),
@@ -391,10 +399,22 @@ impl ModelSlot {
 
 #[cfg(feature = "gpu")]
 impl ModelSlot {
-    /// The model is on the GPU: generations can lease it.
-    pub fn set_gpu(&self, model: crate::gpu::GpuLlama) {
+    /// The model is on the GPU: generations can lease it. The engine's own copies of the
+    /// weights are freed (every component but the tokenizer): the GPU holds them now, and
+    /// keeping both would double the model's memory — in a wasm heap capped at 4 GiB. The
+    /// components stay resident (on the GPU); the ledger moves their bytes to `gpuBytes`.
+    pub fn move_to_gpu(&self, model: crate::gpu::GpuLlama) {
         self.gpu_bytes.set(model.report.total_bytes);
+        self.gpu_weight_bytes.set(model.report.weight_bytes);
         *self.gpu.borrow_mut() = Some(model);
+        self.ready.borrow_mut().take();
+        if let Some(pack) = self.pack.borrow_mut().as_mut() {
+            for (component, _) in &self.ranges {
+                if component != TOKENIZER {
+                    pack.release_component(component);
+                }
+            }
+        }
         self.changed.notify();
     }
 
@@ -438,7 +458,8 @@ impl Drop for GpuLease {
     fn drop(&mut self) {
         if let Some(model) = self.model.take() {
             if self.slot.state() != LoadState::Unloaded {
-                self.slot.set_gpu(model);
+                *self.slot.gpu.borrow_mut() = Some(model);
+                self.slot.changed.notify();
             }
         }
     }

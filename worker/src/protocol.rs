@@ -190,7 +190,7 @@ pub struct MemoryUsage {
     pub packed_bytes: u64,
     /// The same tensors at f16: the size before quantization.
     pub original_bytes: u64,
-    /// 1 − weightsBytes / originalBytes.
+    /// 1 − (weightsBytes + the GPU's weight bytes, on WebGPU) / originalBytes.
     pub reduction: f64,
     pub components: Vec<ComponentMemory>,
     /// Everything the engine's heap holds now (every model, buffers, caches), counted by its

@@ -247,15 +247,13 @@ pub async fn run_generation(prepared: &PreparedGeneration, hooks: &mut impl Gene
 #[cfg(feature = "gpu")]
 async fn run_gpu_generation(prepared: &PreparedGeneration, hooks: &mut impl GenerationHooks) -> Result<GenerateResult, WorkerError> {
     let slot = &prepared.slot;
-    let model = match prepared.model.clone() {
-        Some(model) => model,
-        None => slot.wait_ready().await?,
-    };
-    let m = text_model(&model, &slot.model_id)?;
+    // The GPU model is all a generation needs besides the tokenizer (the engine's copies of
+    // the weights are freed once it is uploaded: ModelSlot::move_to_gpu).
     let mut lease = slot.lease_gpu().await?;
+    let tokenizer = slot.tokenizer().ok_or_else(|| WorkerError::ComponentNotLoaded { model_id: slot.model_id.clone(), component: crate::model_slot::TOKENIZER.into() })?;
     let gpu = lease.model()?;
     gpu.reset();
-    let generator = Generator::on(Box::new(gpu), &m.tokenizer, &prepared.prompt_ids, &prepared.params)?;
+    let generator = Generator::on(Box::new(gpu), &tokenizer, &prepared.prompt_ids, &prepared.params)?;
     drive(slot, generator, hooks, None).await
 }
 
