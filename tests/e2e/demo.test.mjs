@@ -70,6 +70,7 @@ test('the demo loads SmolLM2, chats, and works again with the server stopped', {
     await page.waitForSelector('#load-status.ok', { timeout: 120_000 });
     assert.match(await page.textContent('#load-status'), /on WebGPU, \d+ pipelines compiled/);
     await page.waitForFunction(() => /GPU buffers/.test(document.querySelector('#memory-bars').textContent));
+    await page.screenshot({ path: join(REPO, 'test-results', 'demo-webgpu.png'), fullPage: true });
     assert.deepEqual(errors, [], 'no console errors or failed requests');
   } finally {
     await browser.close();
