@@ -8,31 +8,20 @@
 //     WebGPU runs the 30 layers at under a token per second), which must also be
 //     `accel generate`'s natively on the same pack, and the fixture's.
 // Prints decode tokens/s of both backends (SwiftShader vs WASM SIMD on this machine).
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DIST, REPO, openHarness } from '../lib/browser.mjs';
+import { DIST, REPO, harnessPerFile } from '../lib/browser.mjs';
 
 const ACCEL = join(process.env.CARGO_TARGET_DIR ?? join(REPO, 'target'), 'release', 'accel');
 
-let harness;
-let page;
-let errors;
-
-before(async () => {
-  harness = await openHarness();
-  ({ page, errors } = harness);
-});
-
-after(async () => {
-  await harness?.close();
-});
+const harness = harnessPerFile();
 
 /** Loads `name` on both backends in one engine worker and generates greedily on each. */
 async function bothBackends(name, prompt, maxTokens) {
-  return page.evaluate(async ({ name, prompt, maxTokens }) => {
+  return harness.page.evaluate(async ({ name, prompt, maxTokens }) => {
     const acc = new window.accel.IPFSAccelerate();
     const run = async (backend) => {
       const model = await acc.loadModel(name, { backend });
@@ -83,7 +72,7 @@ for (const name of ['smollm2-2layer', 'smollm2-2layer-q3']) {
     assert.equal(both.gpu.out.tokenIds.length, 8);
     assert.deepEqual(both.gpu.out.tokenIds, both.wasm.out.tokenIds);
     assert.equal(both.gpu.out.text, both.wasm.out.text);
-    assert.deepEqual(errors, []);
+    assert.deepEqual(harness.errors, []);
   });
 }
 
@@ -100,11 +89,11 @@ test('smollm2-135m: WebGPU (SwiftShader) gives the native CLI\'s, the WASM backe
   assert.deepEqual(both.gpu.out.promptTokenIds, fixture.prompt_ids);
   assert.deepEqual(both.gpu.out.tokenIds, both.wasm.out.tokenIds);
   assert.deepEqual(both.gpu.out.tokenIds, fixture.greedy_ids.slice(0, MAX_TOKENS));
-  assert.deepEqual(errors, []);
+  assert.deepEqual(harness.errors, []);
 });
 
 test('a generation on the GPU streams, a second one waits for the GPU model instead of sharing its KV cache, and its components stay together', { timeout: 300_000 }, async () => {
-  const out = await page.evaluate(async () => {
+  const out = await harness.page.evaluate(async () => {
     const acc = new window.accel.IPFSAccelerate();
     const model = await acc.loadModel('smollm2-2layer', { backend: 'webgpu' });
     const prompt = 'The lighthouse keeper';
@@ -128,5 +117,5 @@ test('a generation on the GPU streams, a second one waits for the GPU model inst
   assert.equal(out.unloadLayer?.name, 'InvalidParameterError', JSON.stringify(out.unloadLayer));
   assert.match(out.unloadLayer.message, /WebGPU/);
   assert.equal(out.afterUnload, 'ModelNotLoadedError');
-  assert.deepEqual(errors, []);
+  assert.deepEqual(harness.errors, []);
 });

@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
 import { startServer } from '../../scripts/serve.mjs';
 
@@ -65,4 +66,15 @@ export async function openHarness(serverOptions = {}) {
       await server.close();
     },
   };
+}
+
+/**
+ * openHarness() for a whole test file: opened before its first test, closed after its last.
+ * The returned object gets {server, browser, page, errors} once the `before` hook has run.
+ */
+export function harnessPerFile(serverOptions = {}) {
+  const harness = {};
+  before(async () => Object.assign(harness, await openHarness(serverOptions)));
+  after(async () => harness.close?.());
+  return harness;
 }
