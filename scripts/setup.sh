@@ -27,7 +27,8 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version"
   cargo install wasm-bindgen-cli --version "$wb_version" --force
 fi
 
-apt_packages=(chromium chromium-driver fonts-liberation mesa-vulkan-drivers libvulkan1)
+# python3: scripts/fetch-models.sh (pip) and scripts/make-test-gguf.py.
+apt_packages=(chromium chromium-driver fonts-liberation mesa-vulkan-drivers libvulkan1 python3)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
