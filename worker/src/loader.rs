@@ -273,24 +273,48 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
     }
 }
 
-/// Runs the model over the calibration text in f32 (see `tensor::calibration`), quantizing
+/// Runs the model over the calibration corpus in f32 (see `tensor::calibration`), quantizing
 /// the matrices of `targets` with GPTQ on the way (`pack::gptq_substitute`); records the mean
 /// square of every matrix input. Skipped for `keep`, which re-encodes nothing.
+///
+/// The corpus' sequences run as one batch ([`Llama::start_batch`]), so each matrix sees every
+/// calibration token in one product, which sequential GPTQ needs. Two batches go through the
+/// layers side by side: the full-precision model's, whose inputs to layer i are recorded just
+/// before layer i is quantized in the other batch, so every matrix is corrected towards the
+/// outputs the unquantized model would give (`quant::gptq::correct_for_upstream_error`).
 #[cfg(not(target_arch = "wasm32"))]
 fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
+    use std::sync::atomic::Ordering;
     if *precision == crate::pack::Precision::Keep {
         return Ok(Recorded::default());
     }
-    let ids = tokenizer.encode(crate::pack::CALIBRATION_TEXT, false)?;
-    let mut model = model.clone();
-    model.activations = crate::tensor::Activations::F32;
-    let mut state = model.new_state(ids.len());
-    let ids = &ids[..ids.len().min(state.context())];
-    // One forward call over the whole text: each matrix sees every calibration token in one
-    // product, which sequential GPTQ needs.
-    let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets)), || model.forward(&mut state, ids, false));
+    let sequences = crate::pack::calibration_sequences(tokenizer, crate::pack::CALIBRATION_SEQUENCE_TOKENS.min(model.config.trained_context))?;
+    let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let f32 = crate::tensor::Activations::F32;
+    let reference = UPSTREAM_CORRECTION.then(|| std::sync::Arc::new(crate::pack::ReferenceInputs::default()));
+    let substitute = crate::pack::gptq_substitute(targets, reference.clone());
+    let (result, recorded) = crate::tensor::calibration::record(Some(substitute), || {
+        crate::tensor::on_compute_pool(|| {
+            let mut full = reference.as_ref().map(|_| model.start_batch(&sequences)).transpose()?;
+            let mut quantized = model.start_batch(&sequences)?;
+            for layer in &model.layers {
+                if let (Some(full), Some(reference)) = (full.as_mut(), reference.as_ref()) {
+                    reference.recording.store(true, Ordering::Relaxed);
+                    full.run_layer(layer, f32);
+                    reference.recording.store(false, Ordering::Relaxed);
+                }
+                quantized.run_layer(layer, f32);
+            }
+            quantized.finish(&model.out_norm, &model.lm_head, f32)
+        })
+    });
     result.map(|_| recorded)
 }
+
+/// Whether a decoder's calibration corrects each matrix towards the full-precision model's
+/// outputs (see [`llama_calibration`]).
+#[cfg(not(target_arch = "wasm32"))]
+const UPSTREAM_CORRECTION: bool = true;
 
 /// [`llama_calibration`] for BERT: the calibration text's lines as one padded batch.
 #[cfg(not(target_arch = "wasm32"))]
@@ -299,7 +323,7 @@ fn bert_calibration(embedder: &Embedder, precision: &crate::pack::Precision, tar
         return Ok(Recorded::default());
     }
     let lines: Vec<&str> = crate::pack::CALIBRATION_TEXT.lines().filter(|l| !l.trim().is_empty()).collect();
-    let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets)), || embedder.embed(&lines));
+    let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets, None)), || embedder.embed(&lines));
     result.map(|_| recorded)
 }
 

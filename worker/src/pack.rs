@@ -234,13 +234,65 @@ struct Entry {
 }
 
 /// Text the packer runs through the model to measure activation statistics and quantize with
-/// GPTQ (2,247 SmolLM2 tokens). Deliberately unrelated to the evaluation text: the first part
+/// GPTQ (2,247 SmolLM2 tokens): all a BERT is calibrated on, the first part of a decoder's
+/// [`CALIBRATION_CORPUS`]. Deliberately unrelated to the evaluation text: the first part
 /// is our own prose; the rest is SmolLM2-135M-Instruct's own sampled answers to fifteen
 /// varied prompts (stories, explanations, code, recipes, letters; temperature 0.8, top-p 0.95),
 /// text the model finds typical. GPTQ needs more tokens than H has columns (1,536 for the
 /// feed-forward down projection): with the first part alone (555 tokens) it overfits and
 /// makes the mixed pack worse, not better.
 pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
+
+/// What a decoder is calibrated on: [`CALIBRATION_TEXT`] and ~120 KB more of our own prose in
+/// other registers (fiction, letters, articles, worked lessons, news, how-tos, Q&A, workplace
+/// writing, memoir, verse) — about 30k SmolLM2 tokens. GPTQ estimates each matrix's H = XᵀX
+/// from these inputs; with only the first text's 2k tokens, H of a 1,536-column matrix is
+/// barely full rank and GPTQ fits the calibration text rather than the model.
+pub const CALIBRATION_CORPUS: [&str; 5] = [
+    CALIBRATION_TEXT,
+    include_str!("../data/calibration/fiction-letters-travel.txt"),
+    include_str!("../data/calibration/articles-lessons-news.txt"),
+    include_str!("../data/calibration/howto-questions-work.txt"),
+    include_str!("../data/calibration/memoir-history-verse.txt"),
+];
+
+/// Longest calibration sequence, in tokens: long enough that later positions are represented
+/// (prompts and chats run to hundreds of tokens), short enough that attention stays cheap.
+pub const CALIBRATION_SEQUENCE_TOKENS: usize = 1024;
+
+/// [`CALIBRATION_CORPUS`] as token sequences for a batched calibration pass: each text's
+/// paragraphs (split at blank lines) gathered in order into sequences of at most `max_tokens`
+/// (a paragraph longer than that is cut). No BOS: the evaluation convention adds none either.
+pub fn calibration_sequences(tokenizer: &Tokenizer, max_tokens: usize) -> Result<Vec<Vec<u32>>, WorkerError> {
+    let mut sequences = Vec::new();
+    for text in CALIBRATION_CORPUS {
+        let mut current = String::new();
+        let mut current_tokens = 0;
+        for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+            let n = tokenizer.encode(paragraph, false)?.len() + 1;
+            if current_tokens > 0 && current_tokens + n > max_tokens {
+                sequences.push(std::mem::take(&mut current));
+                current_tokens = 0;
+            }
+            if !current.is_empty() {
+                current.push_str("\n\n");
+            }
+            current.push_str(paragraph);
+            current_tokens += n;
+        }
+        if !current.is_empty() {
+            sequences.push(current);
+        }
+    }
+    sequences
+        .iter()
+        .map(|text| {
+            let mut ids = tokenizer.encode(text, false)?;
+            ids.truncate(max_tokens);
+            Ok(ids)
+        })
+        .collect()
+}
 
 /// Importance per column of a matrix from its input's mean squares E[a_j²], floored at 1% of
 /// their mean so a column the calibration text never excited still counts.
@@ -341,36 +393,78 @@ impl<S> Recording<'_, S> {
     }
 }
 
+/// The full-precision model's inputs of the matrices being quantized, for the upstream
+/// correction ([`quant::gptq::correct_for_upstream_error`]). The calibration runs the
+/// unquantized layer i over the batch with `recording` on just before it runs layer i to be
+/// quantized: the substitute keeps the inputs each target receives in the first run, and takes
+/// them out again when it quantizes the target in the second.
+#[derive(Default)]
+pub struct ReferenceInputs {
+    pub recording: std::sync::atomic::AtomicBool,
+    inputs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<f32>>>>,
+}
+
+impl ReferenceInputs {
+    fn keep(&self, name: &str, xs: &[f32]) {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        // q/k/v (and gate/up) read the same input: one copy for all of them.
+        let shared = inputs.values().find(|kept| kept.as_slice() == xs).cloned();
+        inputs.insert(name.to_owned(), shared.unwrap_or_else(|| std::sync::Arc::new(xs.to_vec())));
+    }
+
+    fn take(&self, name: &str) -> Option<std::sync::Arc<Vec<f32>>> {
+        self.inputs.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
+    }
+}
+
 /// The calibration substitute (see [`crate::tensor::calibration`]) that quantizes each matrix of
-/// `targets` with GPTQ ([`quant::gptq`]) for the inputs it sees in the calibration pass. The
-/// last inputs' Gram matrix and factor are kept, since q/k/v and gate/up read the same input.
-pub fn gptq_substitute(targets: std::collections::HashMap<String, StorageType>) -> std::sync::Arc<crate::tensor::calibration::Substitute> {
+/// `targets` with GPTQ ([`quant::gptq`]) for the inputs it sees in the calibration pass — first
+/// corrected towards the full-precision model's outputs when `reference` holds its inputs —
+/// then polishes the codes. The last inputs' Gram matrix and factors are kept, since q/k/v and
+/// gate/up read the same input.
+pub fn gptq_substitute(targets: std::collections::HashMap<String, StorageType>, reference: Option<std::sync::Arc<ReferenceInputs>>) -> std::sync::Arc<crate::tensor::calibration::Substitute> {
     use quant::gptq;
-    type Factors = (Vec<f32>, std::sync::Arc<(gptq::Gram, Option<Vec<f32>>)>);
-    let last: std::sync::Mutex<Option<Factors>> = std::sync::Mutex::new(None);
+    /// H, its damped inverse factor and λ, and the cross product with the reference inputs.
+    struct Factors {
+        gram: gptq::Gram,
+        factor: Option<(Vec<f32>, f64)>,
+        cross: Option<Vec<f64>>,
+    }
+    let last: std::sync::Mutex<Option<(Vec<f32>, std::sync::Arc<Factors>)>> = std::sync::Mutex::new(None);
     std::sync::Arc::new(move |m: &WeightMatrix, xs: &[f32]| {
         let &target = targets.get(&m.name)?;
+        if let Some(r) = reference.as_ref().filter(|r| r.recording.load(std::sync::atomic::Ordering::Relaxed)) {
+            r.keep(&m.name, xs);
+            return None;
+        }
+        let reference_inputs = reference.as_ref().and_then(|r| r.take(&m.name)).filter(|r| r.len() == xs.len());
         let factors = {
             let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
             match last.as_ref() {
                 Some((inputs, factors)) if inputs.as_slice() == xs => factors.clone(),
                 _ => {
                     let gram = gptq::Gram::of(xs, m.cols);
-                    let u = gptq::inverse_cholesky_upper(&gram, gptq::DAMP);
-                    let factors = std::sync::Arc::new((gram, u));
+                    let factor = gptq::inverse_cholesky_upper_damped(&gram, gptq::DAMP);
+                    let cross = reference_inputs.as_ref().map(|r| gptq::cross_gram(r, xs, m.cols));
+                    let factors = std::sync::Arc::new(Factors { gram, factor, cross });
                     *last = Some((xs.to_vec(), factors.clone()));
                     factors
                 }
             }
         };
-        let (gram, u) = &*factors;
+        // No factor (H indefinite even when damped): None leaves the matrix to plain rounding.
+        let (u, lambda) = factors.factor.as_ref()?;
+        let gram = &factors.gram;
         let diag: Vec<f64> = (0..m.cols).map(|j| gram.h[j * m.cols + j]).collect();
         let mut weights = vec![0f32; m.rows * m.cols];
         for (r, row) in weights.chunks_exact_mut(m.cols).enumerate() {
             m.dequantize_row(r, row);
         }
-        // No factor (H indefinite even when damped): None leaves the matrix to plain rounding.
-        let bytes = gptq::quantize_matrix(target, &weights, m.cols, u.as_deref()?, &diag, gptq::ColumnWeights::Compensated, Some(&gram.h));
+        if let Some(cross) = &factors.cross {
+            gptq::correct_for_upstream_error(&mut weights, m.cols, cross, u, *lambda);
+        }
+        let polish = gptq::Polish { lambda: *lambda, rounds: gptq::POLISH_ROUNDS };
+        let bytes = gptq::quantize_matrix(target, &weights, m.cols, u, &diag, gptq::ColumnWeights::Compensated, Some(&gram.h), Some(polish));
         WeightMatrix::new(&m.name, target, m.rows, m.cols, crate::tensor::SharedBytes::from_vec(bytes)).ok()
     })
 }
@@ -542,7 +636,7 @@ mod tests {
         let matrix = |name: &str| WeightMatrix::new(name, StorageType::F32, rows, cols, crate::tensor::SharedBytes::from_vec(values.clone())).unwrap();
         let xs: Vec<f32> = (0..tokens * cols).map(|_| rng.f32()).collect();
         let targets: std::collections::HashMap<String, StorageType> = [("blk.0.ffn_up.weight".to_owned(), StorageType::Q2)].into();
-        let (first, second) = (gptq_substitute(targets.clone()), gptq_substitute(targets));
+        let (first, second) = (gptq_substitute(targets.clone(), None), gptq_substitute(targets, None));
         let a = first(&matrix("blk.0.ffn_up.weight"), &xs).unwrap();
         assert_eq!((a.ty, a.rows, a.cols), (StorageType::Q2, rows, cols));
         assert_eq!(a.stored_bytes(), second(&matrix("blk.0.ffn_up.weight"), &xs).unwrap().stored_bytes());

@@ -127,6 +127,24 @@ fn perplexity_matches_the_reference_on_the_gguf_and_the_keep_pack() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The decoder calibration corpus: bounded sequences, enough tokens for GPTQ's H of the widest
+/// matrix (1,536 columns) many times over, and none of the evaluation text in it.
+#[test]
+fn calibration_corpus_is_bounded_sequences_without_the_evaluation_text() {
+    let tokenizer = load_text_model(&smollm2_gguf()).unwrap().tokenizer;
+    let sequences = worker::pack::calibration_sequences(&tokenizer, 1024).unwrap();
+    assert!(sequences.iter().all(|s| !s.is_empty() && s.len() <= 1024));
+    let total: usize = sequences.iter().map(Vec::len).sum();
+    println!("calibration corpus: {} sequences, {total} tokens", sequences.len());
+    assert!(sequences.len() >= 25 && total >= 25_000, "{} sequences, {total} tokens", sequences.len());
+    let corpus = worker::pack::CALIBRATION_CORPUS.concat();
+    let eval = eval_text();
+    let words: Vec<&str> = eval.split_whitespace().collect();
+    for window in words.windows(8) {
+        assert!(!corpus.contains(&window.join(" ")), "the calibration corpus quotes the evaluation text: {:?}", window.join(" "));
+    }
+}
+
 #[test]
 fn minilm_packs_at_f16_and_still_embeds_like_f32() {
     let dir = scratch("minilm");

@@ -177,6 +177,68 @@ impl Llama {
             pass.finish(state, &self.out_norm, &self.lm_head, self.activations, all_logits)
         })
     }
+
+    /// Runs independent `sequences` as one batch from empty caches: every matrix product covers
+    /// all their tokens at once, while each token attends only to its own sequence and is
+    /// rotated for its position in it. Returns the logits of each sequence's last token
+    /// ([sequences, vocab]) — what [`Llama::forward`] gives for each on its own. The packer's
+    /// calibration runs this, so a matrix sees every calibration token in one product (see
+    /// `tensor::calibration`).
+    pub fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<f32>, WorkerError> {
+        let mut batch = self.start_batch(sequences)?;
+        on_compute_pool(|| {
+            for layer in &self.layers {
+                batch.run_layer(layer, self.activations);
+            }
+            batch.finish(&self.out_norm, &self.lm_head, self.activations)
+        })
+    }
+
+    /// [`Llama::forward_batch`] a layer at a time, for a caller that runs something between
+    /// layers (the packer's calibration runs the full-precision model's layer i just before the
+    /// one being quantized). Embeds the tokens.
+    pub fn start_batch(&self, sequences: &[&[u32]]) -> Result<BatchForward, WorkerError> {
+        let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        if sequences.iter().any(|s| s.is_empty()) || longest > self.config.trained_context {
+            return Err(WorkerError::Protocol { reason: format!("forward_batch() needs sequences of 1 to {} tokens", self.config.trained_context) });
+        }
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        let c = &self.config;
+        let mut state = LlamaState { rope: RopeTable::new(c.rope_style, c.head_dim, c.rope_base, longest), cache: KvCache::new(c.n_layer, c.kv_dim(), total) };
+        let mut pass = LayerwiseForward::start(c, &self.embed, &mut state, &sequences.concat())?;
+        let mut last_tokens = Vec::with_capacity(sequences.len());
+        for s in sequences {
+            let start = pass.sequence_start.len();
+            pass.sequence_start.extend(std::iter::repeat_n(start, s.len()));
+            last_tokens.push(start + s.len() - 1);
+        }
+        Ok(BatchForward { pass, state, last_tokens })
+    }
+}
+
+/// A batch of independent sequences on its way through the layers ([`Llama::start_batch`]).
+pub struct BatchForward {
+    pass: LayerwiseForward,
+    state: LlamaState,
+    /// Index of each sequence's last token in the batch.
+    last_tokens: Vec<usize>,
+}
+
+impl BatchForward {
+    /// The layer [`BatchForward::run_layer`] expects next.
+    pub fn next_layer(&self) -> usize {
+        self.pass.next_layer()
+    }
+
+    /// Runs layer [`BatchForward::next_layer`] (`w` must be its weights) over every sequence.
+    pub fn run_layer(&mut self, w: &LlamaLayer, activations: Activations) {
+        self.pass.run_layer(w, &mut self.state, activations);
+    }
+
+    /// After the last layer: each sequence's last-token logits, [sequences, vocab].
+    pub fn finish(mut self, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations) -> Result<Vec<f32>, WorkerError> {
+        self.pass.finish_rows(&mut self.state, out_norm, lm_head, activations, &self.last_tokens)
+    }
 }
 
 /// One forward pass, a layer at a time: what [`Llama::forward`] does, for a caller that does
@@ -190,6 +252,9 @@ pub struct LayerwiseForward {
     t: usize,
     scratch: Scratch,
     next_layer: usize,
+    /// Per token, the cache index where its sequence starts, when several independent sequences
+    /// run as one batch ([`Llama::forward_batch`]); empty for one sequence (all start at 0).
+    sequence_start: Vec<usize>,
 }
 
 impl LayerwiseForward {
@@ -208,7 +273,7 @@ impl LayerwiseForward {
         for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
             embed.dequantize_row(tok as usize, row);
         }
-        Ok(LayerwiseForward { config: config.clone(), x, t, scratch: Scratch::new(config, t), next_layer: 0 })
+        Ok(LayerwiseForward { config: config.clone(), x, t, scratch: Scratch::new(config, t), next_layer: 0, sequence_start: Vec::new() })
     }
 
     /// The layer [`LayerwiseForward::run_layer`] expects next.
@@ -226,9 +291,11 @@ impl LayerwiseForward {
             rmsnorm(row, &w.attn_norm, c.rms_eps);
         }
         matmul_fused(&s.h, t, activations, [(&w.wq, &mut s.q), (&w.wk, &mut s.k), (&w.wv, &mut s.v)]);
+        let starts = &self.sequence_start;
+        let start = |i: usize| starts.get(i).copied().unwrap_or(0);
         for i in 0..t {
-            state.rope.apply(&mut s.q[i * q_dim..][..q_dim], p0 + i);
-            state.rope.apply(&mut s.k[i * kv_dim..][..kv_dim], p0 + i);
+            state.rope.apply(&mut s.q[i * q_dim..][..q_dim], p0 + i - start(i));
+            state.rope.apply(&mut s.k[i * kv_dim..][..kv_dim], p0 + i - start(i));
         }
         state.cache.store(l, &s.k, &s.v);
 
@@ -239,7 +306,8 @@ impl LayerwiseForward {
         for_each_chunk(&mut s.attn, c.head_dim, |first, out| {
             let (i, h) = (first / q_dim, first % q_dim / c.head_dim);
             let (keys, values) = cache.visible(l, p0 + i + 1);
-            with_wide_simd(|| attend_head(&q[first..][..c.head_dim], h, keys, values, layout, None, out));
+            let own = start(i) * kv_dim;
+            with_wide_simd(|| attend_head(&q[first..][..c.head_dim], h, &keys[own..], &values[own..], layout, None, out));
         });
         w.wo.matmul(&s.attn, &mut s.o, t, activations);
         add_in_place(x, &s.o);
@@ -258,18 +326,24 @@ impl LayerwiseForward {
     /// After the last layer: the final norm and the LM head. Returns the logits of the last
     /// token, or of every token ([t, vocab]) when `all_logits`; the tokens now count as cached.
     pub fn finish(self, state: &mut LlamaState, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations, all_logits: bool) -> Result<Vec<f32>, WorkerError> {
+        let t = self.t;
+        let rows: Vec<usize> = if all_logits { (0..t).collect() } else { vec![t - 1] };
+        self.finish_rows(state, out_norm, lm_head, activations, &rows)
+    }
+
+    /// [`LayerwiseForward::finish`] for the given token `rows`: their logits, [rows, vocab].
+    fn finish_rows(self, state: &mut LlamaState, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations, rows: &[usize]) -> Result<Vec<f32>, WorkerError> {
         let (c, t, d) = (&self.config, self.t, self.config.d_model);
         if self.next_layer != c.n_layer {
             return Err(WorkerError::Protocol { reason: format!("forward pass finished after {} of {} layers", self.next_layer, c.n_layer) });
         }
         state.cache.len += t;
-        let first = if all_logits { 0 } else { t - 1 };
-        let mut h = self.x[first * d..].to_vec();
+        let mut h: Vec<f32> = rows.iter().flat_map(|&r| &self.x[r * d..][..d]).copied().collect();
         for row in h.chunks_exact_mut(d) {
             rmsnorm(row, out_norm, c.rms_eps);
         }
-        let mut logits = vec![0f32; (t - first) * c.vocab];
-        lm_head.matmul(&h, &mut logits, t - first, activations);
+        let mut logits = vec![0f32; rows.len() * c.vocab];
+        lm_head.matmul(&h, &mut logits, rows.len(), activations);
         Ok(logits)
     }
 }
@@ -410,6 +484,23 @@ pub(crate) mod tests {
             let worst = row.iter().zip(&single).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-4, "position {i}: {worst}");
         }
+    }
+
+    /// Independent sequences run as one batch give each sequence's own last-token logits: no
+    /// token attends across sequences, and each is rotated for its position in its sequence.
+    #[test]
+    fn a_batch_of_sequences_matches_each_sequence_on_its_own() {
+        let mut model = load(tiny_llama_gguf("llama", |n, d| Some((n.into(), d)))).unwrap();
+        model.activations = Activations::F32;
+        let sequences: [&[u32]; 3] = [&[3, 1, 4, 1, 5], &[9, 2], &[6, 5, 3, 5, 8, 9, 7]];
+        let batched = model.forward_batch(&sequences).unwrap();
+        assert_eq!(batched.len(), 3 * 40);
+        for (k, tokens) in sequences.iter().enumerate() {
+            let alone = model.forward(&mut model.new_state(16), tokens, false).unwrap();
+            let worst = batched[k * 40..][..40].iter().zip(&alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "sequence {k}: {worst}");
+        }
+        assert_eq!(model.forward_batch(&[&[1, 2], &[]]).unwrap_err().name(), "ProtocolError");
     }
 
     #[test]

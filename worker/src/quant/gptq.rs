@@ -40,9 +40,14 @@ use super::quantize::{fit_weighted, max_level, push_min_scale_block, Fit, Search
 use super::{StorageType, BLOCK};
 
 /// Fraction of the mean diagonal added to H's diagonal before factoring. The paper uses 1%
-/// with ~260k calibration tokens; with our ~2k, H is a noisy estimate and 1% overfits it
-/// (SmolLM2 mixed: perplexity 94.98 at 1%, 78.18 at 10%, 105.3 at 100%, before the refit).
-pub const DAMP: f64 = 0.1;
+/// with ~260k calibration tokens. Measured on SmolLM2 `mixed` (perplexity, with the code
+/// polish, no upstream correction): with the ~30k-token corpus 0.5% → 61.22, 2% → 55.68,
+/// 10% → 58.35; with the earlier 2k-token text, 10% had been best (1%: 94.98, 10%: 78.18,
+/// 100%: 105.3, before the refit) — fewer tokens, a noisier H, more damping.
+pub const DAMP: f64 = 0.02;
+
+/// Tokens per f32 partial sum in [`Gram::of`].
+const GRAM_CHUNK: usize = 128;
 
 /// Whether GPTQ applies to `ty`: the min/scale formats (Q8_0 and the float types are close
 /// enough to exact that plain rounding is what llama.cpp and everyone else do).
@@ -60,36 +65,120 @@ pub struct Gram {
 }
 
 impl Gram {
-    /// H of `xs` ([tokens, cols], row-major). Each entry is one f64 dot product of two input
-    /// columns, computed independently (in parallel natively), so the result does not depend on
-    /// the thread count.
+    /// H of `xs` ([tokens, cols], row-major); see [`column_products`] for how.
     pub fn of(xs: &[f32], cols: usize) -> Gram {
         assert!(cols > 0 && xs.len() % cols == 0, "{} inputs is not a whole number of rows of {cols}", xs.len());
-        let tokens = xs.len() / cols;
-        // Columns as contiguous f64 vectors: [cols, tokens].
-        let mut columns = vec![0f64; cols * tokens];
-        for (t, row) in xs.chunks_exact(cols).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                columns[j * tokens + t] = v as f64;
+        let columns = transpose(xs, cols);
+        let upper = column_products(&columns, &columns, cols, true);
+        let mut h = upper;
+        for i in 0..cols {
+            for j in 0..i {
+                h[i * cols + j] = h[j * cols + i];
             }
         }
-        let column = |j: usize| &columns[j * tokens..][..tokens];
-        // Row i holds H_ij for j ≥ i; the lower triangle is mirrored afterwards.
-        let upper = crate::tensor::parallel_map((0..cols).collect(), |i| (i..cols).map(|j| dot_f64(column(i), column(j))).collect::<Vec<f64>>());
-        let mut h = vec![0f64; cols * cols];
-        for (i, row) in upper.into_iter().enumerate() {
-            for (k, v) in row.into_iter().enumerate() {
-                h[i * cols + i + k] = v;
-                h[(i + k) * cols + i] = v;
-            }
-        }
-        Gram { cols, h, tokens }
+        Gram { cols, h, tokens: xs.len() / cols }
     }
 
     /// Mean square of each input column, E[a_j²] = H_jj / tokens.
     pub fn mean_squares(&self) -> Vec<f32> {
         (0..self.cols).map(|j| (self.h[j * self.cols + j] / self.tokens.max(1) as f64) as f32).collect()
     }
+}
+
+/// [tokens, cols] row-major → [cols, tokens]: each input column contiguous.
+fn transpose(xs: &[f32], cols: usize) -> Vec<f32> {
+    let tokens = xs.len() / cols;
+    let mut columns = vec![0f32; cols * tokens];
+    for (t, row) in xs.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            columns[j * tokens + t] = v;
+        }
+    }
+    columns
+}
+
+/// P = AᵀB for two inputs of one matrix over the same tokens, given as columns ([cols, tokens]
+/// each, from [`transpose`]): cols × cols, row-major f64, P_ij = Σ_t A[t, i]·B[t, j] — only
+/// j ≥ i when `upper` (A = B, the rest left 0). Blocked so that tens of thousands of tokens
+/// stay cheap: the tokens are taken in chunks of [`GRAM_CHUNK`], each chunk's dot products
+/// summed in f32 (short sums, exact enough for a statistic) and added to P in f64, chunk after
+/// chunk. Rows of P are split into fixed blocks that run in parallel natively, each summing in
+/// the same order whatever the thread count, so the result is deterministic.
+fn column_products(a: &[f32], b: &[f32], cols: usize, upper: bool) -> Vec<f64> {
+    let tokens = a.len() / cols.max(1);
+    // Block k owns rows [k·ROWS, (k+1)·ROWS) of P: [rows, cols] in f64.
+    const ROWS: usize = 32;
+    let blocks: Vec<usize> = (0..cols.div_ceil(ROWS)).collect();
+    let avx2 = crate::tensor::has_avx2();
+    let rows_of = crate::tensor::parallel_map(blocks, |k| {
+        crate::tensor::with_wide_simd(|| {
+            let rows = k * ROWS..((k + 1) * ROWS).min(cols);
+            let mut acc = vec![0f64; rows.len() * cols];
+            for start in (0..tokens).step_by(GRAM_CHUNK) {
+                let len = GRAM_CHUNK.min(tokens - start);
+                fn column(m: &[f32], j: usize, tokens: usize, start: usize, len: usize) -> &[f32] {
+                    &m[j * tokens + start..][..len]
+                }
+                let column = |m, j| column(m, j, tokens, start, len);
+                for i in rows.clone().step_by(4) {
+                    // Four rows of P at once share every load of B's column j.
+                    let group = (rows.end - i).min(4);
+                    let lhs: [&[f32]; 4] = std::array::from_fn(|r| column(a, i + r.min(group - 1)));
+                    for j in if upper { i } else { 0 }..cols {
+                        let dots = crate::tensor::dot4_f32_dispatch(avx2, column(b, j), lhs);
+                        for (r, &d) in dots.iter().enumerate().take(group) {
+                            if !upper || j >= i + r {
+                                acc[(i + r - rows.start) * cols + j] += d as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+    });
+    rows_of.concat()
+}
+
+/// C = A_refᵀ·A for the full-precision model's inputs of a matrix and the ones it receives in
+/// the calibration pass, over the same tokens ([tokens, cols] each): cols × cols, row-major,
+/// C_ij = Σ_t ref[t, i]·a[t, j] (see [`correct_for_upstream_error`]).
+pub fn cross_gram(reference: &[f32], xs: &[f32], cols: usize) -> Vec<f64> {
+    assert!(cols > 0 && xs.len() % cols == 0 && reference.len() == xs.len(), "cross_gram: {} and {} inputs of {cols} columns", reference.len(), xs.len());
+    column_products(&transpose(reference, cols), &transpose(xs, cols), cols, false)
+}
+
+/// Corrects a matrix for the error of the layers before it (after GPTAQ, Li et al. 2025,
+/// "asymmetric calibration"): sequential GPTQ quantizes W for the inputs A it receives from the
+/// already-quantized layers, but the output to reproduce is the full-precision model's,
+/// W·a_ref. Each row w becomes the w̃ minimizing ‖A_ref·w − A·w̃‖² + λ‖w̃ − w‖², i.e.
+/// w̃ = (w·C + λw)·(H + λI)⁻¹ with C = A_refᵀA ([`cross_gram`]), H = AᵀA, and
+/// (H + λI)⁻¹ = UᵀU (`u` and its λ from [`inverse_cholesky_upper_damped`]); GPTQ then rounds
+/// w̃ as usual. `weights` is rows × cols row-major, corrected in place.
+pub fn correct_for_upstream_error(weights: &mut [f32], cols: usize, cross: &[f64], u: &[f32], lambda: f64) {
+    assert!(cross.len() == cols * cols && u.len() == cols * cols && weights.len() % cols == 0);
+    let rows: Vec<&mut [f32]> = weights.chunks_exact_mut(cols).collect();
+    crate::tensor::parallel_map(rows, |w| {
+        // r = w·C + λw
+        let mut r: Vec<f64> = w.iter().map(|&v| lambda * v as f64).collect();
+        for (&wi, c) in w.iter().zip(cross.chunks_exact(cols)) {
+            for (o, &c) in r.iter_mut().zip(c) {
+                *o += wi as f64 * c;
+            }
+        }
+        // v = r·Uᵀ: v_i = Σ_{j ≥ i} r_j U_ij; then w̃ = v·U: w̃_k = Σ_{i ≤ k} v_i U_ik.
+        let mut out = vec![0f64; cols];
+        for i in 0..cols {
+            let row = &u[i * cols + i..(i + 1) * cols];
+            let vi: f64 = row.iter().zip(&r[i..]).map(|(&uij, &rj)| uij as f64 * rj).sum();
+            for (o, &uik) in out[i..].iter_mut().zip(row) {
+                *o += vi * uik as f64;
+            }
+        }
+        for (d, o) in w.iter_mut().zip(out) {
+            *d = o as f32;
+        }
+    });
 }
 
 /// Eight independent f64 accumulators (vectorizes; fixed summation order).
@@ -157,6 +246,11 @@ fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
 /// (H + λI)⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P), and P L̃⁻¹ P is upper triangular with a positive
 /// diagonal — so U = P L̃⁻¹ P: one Cholesky and one triangular inverse.
 pub fn inverse_cholesky_upper(gram: &Gram, damp: f64) -> Option<Vec<f32>> {
+    inverse_cholesky_upper_damped(gram, damp).map(|(u, _)| u)
+}
+
+/// [`inverse_cholesky_upper`] with the λ it finally added to the diagonal.
+pub fn inverse_cholesky_upper_damped(gram: &Gram, damp: f64) -> Option<(Vec<f32>, f64)> {
     let n = gram.cols;
     let mean_diag = (0..n).map(|j| gram.h[j * n + j]).sum::<f64>() / n.max(1) as f64;
     // An all-zero H (inputs never seen) still needs a positive definite matrix.
@@ -177,11 +271,27 @@ pub fn inverse_cholesky_upper(gram: &Gram, damp: f64) -> Option<Vec<f32>> {
                     u[i * n + j] = inv[(n - 1 - i) * n + (n - 1 - j)] as f32;
                 }
             }
-            return Some(u);
+            return Some((u, lambda));
         }
         lambda *= 10.0;
     }
     None
+}
+
+/// Rounds of (code descent, refit) after GPTQ in the packer.
+pub const POLISH_ROUNDS: usize = 3;
+
+/// Passes over a row's columns per round of code descent (it stops early once no code moves).
+const POLISH_SWEEPS: usize = 4;
+
+/// Coordinate descent on the codes after GPTQ and the refit ([`polish_codes`]), alternating
+/// with the refit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Polish {
+    /// λ of the damped H the descent minimizes in (the one GPTQ's factor was made with).
+    pub lambda: f64,
+    /// Rounds of (descent, refit).
+    pub rounds: usize,
 }
 
 /// How a block's columns are weighted when its scale and min are chosen.
@@ -201,7 +311,8 @@ pub enum ColumnWeights {
 /// # Panics
 /// When `ty` is not a min/scale format, or the sizes disagree (programming errors: the packer
 /// checks shapes before it gets here).
-pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32], h_diag: &[f64], weighting: ColumnWeights, refit: Option<&[f64]>) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32], h_diag: &[f64], weighting: ColumnWeights, refit: Option<&[f64]>, polish: Option<Polish>) -> Vec<u8> {
     assert!(applies(ty), "GPTQ does not apply to {}", ty.name());
     assert!(cols % BLOCK == 0 && weights.len() % cols == 0 && u.len() == cols * cols && h_diag.len() == cols);
     let column_weights: Vec<f32> = match weighting {
@@ -214,6 +325,14 @@ pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32],
         let mut fits = quantize_row(ty, row, u, &column_weights);
         if let Some(h) = refit {
             refit_scales(row, h, &mut fits);
+            if let Some(polish) = polish {
+                for _ in 0..polish.rounds {
+                    if polish_codes(row, h, polish.lambda, &mut fits, max_level(ty), POLISH_SWEEPS) == 0 {
+                        break;
+                    }
+                    refit_scales(row, h, &mut fits);
+                }
+            }
         }
         for fit in &fits {
             push_min_scale_block(ty, fit, &mut out);
@@ -221,6 +340,50 @@ pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32],
         out
     });
     encoded.concat()
+}
+
+/// Coordinate descent on a row's codes for its product error in the damped H
+/// (E = eᵀ(H + λI)e, e = w − ŵ), the grids fixed: each code moves one level up or down when
+/// that lowers E (QuantEase, Behdin et al. 2023, quantizes this way from scratch; here it
+/// polishes GPTQ's greedy walk, which never revisits a column once rounded, and the refit that
+/// moved the grids under the codes). With g = (H + λI)e kept up to date, trying a column costs
+/// O(1) and a move O(cols). Up to `sweeps` passes over the columns; returns how many codes moved.
+fn polish_codes(w: &[f32], h: &[f64], lambda: f64, fits: &mut [Fit], nmax: u8, sweeps: usize) -> usize {
+    let n = w.len();
+    let mut e: Vec<f64> = w.iter().zip(reconstruct(fits)).map(|(&a, b)| a as f64 - b).collect();
+    let mut g: Vec<f64> = (0..n).map(|i| dot_f64(&h[i * n..][..n], &e) + lambda * e[i]).collect();
+    let mut moved = 0;
+    for _ in 0..sweeps {
+        let mut moved_now = 0;
+        for j in 0..n {
+            let fit = &mut fits[j / BLOCK];
+            let (d, q) = (fit.d.to_f64(), fit.q[j % BLOCK]);
+            let hjj = h[j * n + j] + lambda;
+            // ŵ_j += s·d changes E by −(2·s·d·g_j − d²·h_jj).
+            let gain = |s: f64| 2.0 * s * d * g[j] - d * d * hjj;
+            let threshold = 1e-12 * hjj * d * d;
+            let step = if q < nmax && gain(1.0) > threshold {
+                1.0
+            } else if q > 0 && gain(-1.0) > threshold {
+                -1.0
+            } else {
+                continue;
+            };
+            fit.q[j % BLOCK] = (q as f64 + step) as u8;
+            let delta = step * d; // e_j −= delta
+            e[j] -= delta;
+            for (gi, &hij) in g.iter_mut().zip(&h[j * n..][..n]) {
+                *gi -= delta * hij;
+            }
+            g[j] -= delta * lambda;
+            moved_now += 1;
+        }
+        moved += moved_now;
+        if moved_now == 0 {
+            break;
+        }
+    }
+    moved
 }
 
 /// The row's reconstruction from its blocks' (d, m, q).
@@ -376,6 +539,30 @@ mod tests {
         }
     }
 
+    /// The blocked, chunked Gram and cross product equal the plain f64 XᵀX and XᵀY (sizes that are no multiple of the
+    /// row block, the 4-row group or the token chunk).
+    #[test]
+    fn blocked_gram_matches_the_plain_product() {
+        let mut rng = Rng(17);
+        let (tokens, cols) = (300, 70);
+        let xs: Vec<f32> = (0..tokens * cols).map(|_| rng.f32()).collect();
+        let g = Gram::of(&xs, cols);
+        for i in 0..cols {
+            for j in 0..cols {
+                let plain: f64 = (0..tokens).map(|t| xs[t * cols + i] as f64 * xs[t * cols + j] as f64).sum();
+                assert!((g.h[i * cols + j] - plain).abs() <= 1e-5 * plain.abs().max(1.0), "H[{i}][{j}] = {} vs {plain}", g.h[i * cols + j]);
+            }
+        }
+        let ys: Vec<f32> = (0..tokens * cols).map(|_| rng.f32()).collect();
+        let c = cross_gram(&xs, &ys, cols);
+        for i in 0..cols {
+            for j in 0..cols {
+                let plain: f64 = (0..tokens).map(|t| xs[t * cols + i] as f64 * ys[t * cols + j] as f64).sum();
+                assert!((c[i * cols + j] - plain).abs() <= 1e-5 * plain.abs().max(1.0), "C[{i}][{j}] = {} vs {plain}", c[i * cols + j]);
+            }
+        }
+    }
+
     #[test]
     fn gram_is_xt_x_and_mean_squares_its_diagonal() {
         let xs = [1.0f32, 2.0, 0.0, -1.0, 3.0, 1.0]; // 2 tokens × 3 columns
@@ -403,18 +590,80 @@ mod tests {
             }
             let plain = output_error(&weights, &dequantize_matrix(ty, &plain, rows, cols), &gram);
             for weighting in [ColumnWeights::Compensated, ColumnWeights::InputPower] {
-                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, None);
+                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, None, None);
                 assert_eq!(bytes.len(), rows * ty.row_bytes(cols).unwrap());
                 let gptq = output_error(&weights, &dequantize_matrix(ty, &bytes, rows, cols), &gram);
                 println!("{} ({weighting:?}): output error plain {plain:.4e}, GPTQ {gptq:.4e} ({:.1}% lower)", ty.name(), 100.0 * (1.0 - gptq / plain));
                 assert!(gptq < plain * (1.0 - min_gain), "{}: GPTQ {gptq} vs plain {plain}", ty.name());
                 // Refitting the grids to the final codes never makes a row worse.
-                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, Some(&gram.h));
+                let bytes = quantize_matrix(ty, &weights, cols, &u, &diag, weighting, Some(&gram.h), None);
                 let refit = output_error(&weights, &dequantize_matrix(ty, &bytes, rows, cols), &gram);
                 println!("{} ({weighting:?}): with the least-squares refit {refit:.4e}", ty.name());
                 assert!(refit <= gptq, "{}: refit {refit} vs {gptq}", ty.name());
             }
         }
+    }
+
+    /// The descent on the codes only ever lowers the damped product error it minimizes, and
+    /// (with the refits between rounds) the plain one too on these inputs.
+    #[test]
+    fn polishing_the_codes_lowers_the_product_error() {
+        let mut rng = Rng(31);
+        let (rows, cols, tokens) = (24, 128, 400);
+        let weights: Vec<f32> = (0..rows * cols).map(|_| rng.f32() + rng.f32()).collect();
+        let gram = Gram::of(&correlated_inputs(tokens, cols, &mut rng), cols);
+        let (u, lambda) = inverse_cholesky_upper_damped(&gram, DAMP).unwrap();
+        let diag: Vec<f64> = (0..cols).map(|j| gram.h[j * cols + j]).collect();
+        let damped: Vec<f64> = (0..cols * cols).map(|k| gram.h[k] + if k % (cols + 1) == 0 { lambda } else { 0.0 }).collect();
+        let column_weights: Vec<f32> = (0..cols).map(|j| 1.0 / (u[j * cols + j] * u[j * cols + j])).collect();
+        let mut moved = 0;
+        for row in weights.chunks_exact(cols) {
+            let mut fits = quantize_row(StorageType::Q2, row, &u, &column_weights);
+            refit_scales(row, &gram.h, &mut fits);
+            let before = row_error(row, &reconstruct(&fits), &damped);
+            moved += polish_codes(row, &gram.h, lambda, &mut fits, max_level(StorageType::Q2), POLISH_SWEEPS);
+            assert!(row_error(row, &reconstruct(&fits), &damped) <= before * (1.0 + 1e-9));
+        }
+        assert!(moved > 0, "GPTQ's greedy codes are never all locally optimal");
+        let error = |polish| {
+            let bytes = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, Some(&gram.h), polish);
+            output_error(&weights, &dequantize_matrix(StorageType::Q2, &bytes, rows, cols), &gram)
+        };
+        let (plain, polished) = (error(None), error(Some(Polish { lambda, rounds: POLISH_ROUNDS })));
+        println!("Q2 output error: GPTQ + refit {plain:.4e}, polished {polished:.4e}");
+        assert!(polished < plain, "{polished} vs {plain}");
+    }
+
+    /// The correction towards the reference inputs: none when they are the inputs themselves,
+    /// and when they differ, the corrected matrix reproduces the reference outputs better.
+    #[test]
+    fn upstream_correction_targets_the_reference_outputs() {
+        let mut rng = Rng(8);
+        let (rows, cols, tokens) = (6, 32, 300);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let reference = correlated_inputs(tokens, cols, &mut rng);
+        let xs: Vec<f32> = reference.iter().map(|&v| v + 0.2 * rng.f32()).collect();
+        let miss = |w2: &[f32]| -> f64 {
+            let mut total = 0.0;
+            for (r, a) in reference.chunks_exact(cols).zip(xs.chunks_exact(cols)) {
+                for row in 0..rows {
+                    let y: f64 = (0..cols).map(|j| w[row * cols + j] as f64 * r[j] as f64).sum();
+                    let y2: f64 = (0..cols).map(|j| w2[row * cols + j] as f64 * a[j] as f64).sum();
+                    total += (y - y2).powi(2);
+                }
+            }
+            total
+        };
+        let gram = Gram::of(&xs, cols);
+        let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.01).unwrap();
+        let mut corrected = w.clone();
+        correct_for_upstream_error(&mut corrected, cols, &cross_gram(&reference, &xs, cols), &u, lambda);
+        assert!(miss(&corrected) < 0.7 * miss(&w), "{} vs {}", miss(&corrected), miss(&w));
+        let self_gram = Gram::of(&reference, cols);
+        let (u, lambda) = inverse_cholesky_upper_damped(&self_gram, DAMP).unwrap();
+        let mut same = w.clone();
+        correct_for_upstream_error(&mut same, cols, &cross_gram(&reference, &reference, cols), &u, lambda);
+        assert!(same.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-4), "no upstream error, no correction");
     }
 
     #[test]
@@ -429,8 +678,8 @@ mod tests {
         let gram = Gram::of(&xs, cols);
         let u = inverse_cholesky_upper(&gram, DAMP).unwrap();
         let diag: Vec<f64> = (0..cols).map(|j| gram.h[j * cols + j]).collect();
-        let a = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None);
-        let b = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None);
+        let a = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None, None);
+        let b = quantize_matrix(StorageType::Q2, &weights, cols, &u, &diag, ColumnWeights::Compensated, None, None);
         assert_eq!(a, b);
         let back = dequantize_matrix(StorageType::Q2, &a, rows, cols);
         assert!(back.iter().all(|v| v.is_finite()));
