@@ -612,7 +612,9 @@ mod tests {
         let (rows, cols, tokens) = (24, 128, 400);
         let weights: Vec<f32> = (0..rows * cols).map(|_| rng.f32() + rng.f32()).collect();
         let gram = Gram::of(&correlated_inputs(tokens, cols, &mut rng), cols);
-        let (u, lambda) = inverse_cholesky_upper_damped(&gram, DAMP).unwrap();
+        // 10 % damping: with the packer's lighter damping, GPTQ's codes on these small
+        // synthetic inputs can already be locally optimal, leaving the descent nothing to show.
+        let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.1).unwrap();
         let diag: Vec<f64> = (0..cols).map(|j| gram.h[j * cols + j]).collect();
         let damped: Vec<f64> = (0..cols * cols).map(|k| gram.h[k] + if k % (cols + 1) == 0 { lambda } else { 0.0 }).collect();
         let column_weights: Vec<f32> = (0..cols).map(|j| 1.0 / (u[j * cols + j] * u[j * cols + j])).collect();
