@@ -291,18 +291,16 @@ fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pa
     let sequences = crate::pack::calibration_sequences(tokenizer, crate::pack::CALIBRATION_SEQUENCE_TOKENS.min(model.config.trained_context))?;
     let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
     let f32 = crate::tensor::Activations::F32;
-    let reference = UPSTREAM_CORRECTION.then(|| std::sync::Arc::new(crate::pack::ReferenceInputs::default()));
-    let substitute = crate::pack::gptq_substitute(targets, reference.clone());
+    let reference = std::sync::Arc::new(crate::pack::ReferenceInputs::default());
+    let substitute = crate::pack::gptq_substitute(targets, Some(reference.clone()));
     let (result, recorded) = crate::tensor::calibration::record(Some(substitute), || {
         crate::tensor::on_compute_pool(|| {
-            let mut full = reference.as_ref().map(|_| model.start_batch(&sequences)).transpose()?;
+            let mut full = model.start_batch(&sequences)?;
             let mut quantized = model.start_batch(&sequences)?;
             for layer in &model.layers {
-                if let (Some(full), Some(reference)) = (full.as_mut(), reference.as_ref()) {
-                    reference.recording.store(true, Ordering::Relaxed);
-                    full.run_layer(layer, f32);
-                    reference.recording.store(false, Ordering::Relaxed);
-                }
+                reference.recording.store(true, Ordering::Relaxed);
+                full.run_layer(layer, f32);
+                reference.recording.store(false, Ordering::Relaxed);
                 quantized.run_layer(layer, f32);
             }
             quantized.finish(&model.out_norm, &model.lm_head, f32)
@@ -310,11 +308,6 @@ fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pa
     });
     result.map(|_| recorded)
 }
-
-/// Whether a decoder's calibration corrects each matrix towards the full-precision model's
-/// outputs (see [`llama_calibration`]).
-#[cfg(not(target_arch = "wasm32"))]
-const UPSTREAM_CORRECTION: bool = true;
 
 /// [`llama_calibration`] for BERT: the calibration text's lines as one padded batch.
 #[cfg(not(target_arch = "wasm32"))]

@@ -225,12 +225,7 @@ pub struct BatchForward {
 }
 
 impl BatchForward {
-    /// The layer [`BatchForward::run_layer`] expects next.
-    pub fn next_layer(&self) -> usize {
-        self.pass.next_layer()
-    }
-
-    /// Runs layer [`BatchForward::next_layer`] (`w` must be its weights) over every sequence.
+    /// Runs the next layer (`w` must be its weights: layer 0 first) over every sequence.
     pub fn run_layer(&mut self, w: &LlamaLayer, activations: Activations) {
         self.pass.run_layer(w, &mut self.state, activations);
     }

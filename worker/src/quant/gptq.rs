@@ -69,8 +69,8 @@ impl Gram {
     pub fn of(xs: &[f32], cols: usize) -> Gram {
         assert!(cols > 0 && xs.len() % cols == 0, "{} inputs is not a whole number of rows of {cols}", xs.len());
         let columns = transpose(xs, cols);
-        let upper = column_products(&columns, &columns, cols, true);
-        let mut h = upper;
+        // The upper triangle, then mirrored.
+        let mut h = column_products(&columns, &columns, cols, true);
         for i in 0..cols {
             for j in 0..i {
                 h[i * cols + j] = h[j * cols + i];
@@ -350,7 +350,7 @@ pub fn quantize_matrix(ty: StorageType, weights: &[f32], cols: usize, u: &[f32],
 /// O(1) and a move O(cols). Up to `sweeps` passes over the columns; returns how many codes moved.
 fn polish_codes(w: &[f32], h: &[f64], lambda: f64, fits: &mut [Fit], nmax: u8, sweeps: usize) -> usize {
     let n = w.len();
-    let mut e: Vec<f64> = w.iter().zip(reconstruct(fits)).map(|(&a, b)| a as f64 - b).collect();
+    let e: Vec<f64> = w.iter().zip(reconstruct(fits)).map(|(&a, b)| a as f64 - b).collect();
     let mut g: Vec<f64> = (0..n).map(|i| dot_f64(&h[i * n..][..n], &e) + lambda * e[i]).collect();
     let mut moved = 0;
     for _ in 0..sweeps {
@@ -370,8 +370,8 @@ fn polish_codes(w: &[f32], h: &[f64], lambda: f64, fits: &mut [Fit], nmax: u8, s
                 continue;
             };
             fit.q[j % BLOCK] = (q as f64 + step) as u8;
-            let delta = step * d; // e_j −= delta
-            e[j] -= delta;
+            // e_j −= delta, so g = (H + λI)e loses delta times column j.
+            let delta = step * d;
             for (gi, &hij) in g.iter_mut().zip(&h[j * n..][..n]) {
                 *gi -= delta * hij;
             }
@@ -539,8 +539,8 @@ mod tests {
         }
     }
 
-    /// The blocked, chunked Gram and cross product equal the plain f64 XᵀX and XᵀY (sizes that are no multiple of the
-    /// row block, the 4-row group or the token chunk).
+    /// The blocked, chunked Gram and cross product equal the plain f64 XᵀX and XᵀY (sizes that
+    /// are no multiple of the row block, the 4-row group or the token chunk).
     #[test]
     fn blocked_gram_matches_the_plain_product() {
         let mut rng = Rng(17);
