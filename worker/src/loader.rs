@@ -279,9 +279,12 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
 ///
 /// The corpus' sequences run as one batch ([`Llama::start_batch`]), so each matrix sees every
 /// calibration token in one product, which sequential GPTQ needs. Two batches go through the
-/// layers side by side: the full-precision model's, whose inputs to layer i are recorded just
-/// before layer i is quantized in the other batch, so every matrix is corrected towards the
-/// outputs the unquantized model would give (`quant::gptq::correct_for_upstream_error`).
+/// layers side by side, half a layer (attention, then feed-forward) at a time: the
+/// full-precision model's, whose inputs to each half are recorded just before that half is
+/// quantized in the other batch, so every matrix is corrected towards the outputs the
+/// unquantized model would give (`quant::gptq::correct_for_upstream_error`); and the two
+/// residual streams are compared before each half, so the matrix that ends it (attention
+/// output, down) is also corrected to cancel the drift the quantized layers before it left.
 #[cfg(not(target_arch = "wasm32"))]
 fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
     use std::sync::atomic::Ordering;
@@ -297,11 +300,19 @@ fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pa
         crate::tensor::on_compute_pool(|| {
             let mut full = model.start_batch(&sequences)?;
             let mut quantized = model.start_batch(&sequences)?;
+            // Half a layer at a time, so that the matrices writing to the residual stream see
+            // how far it has drifted just before they add to it.
             for layer in &model.layers {
+                reference.set_drift(&layer.wo.name, full.residual(), quantized.residual());
                 reference.recording.store(true, Ordering::Relaxed);
-                full.run_layer(layer, f32);
+                full.run_attention(layer, f32);
                 reference.recording.store(false, Ordering::Relaxed);
-                quantized.run_layer(layer, f32);
+                quantized.run_attention(layer, f32);
+                reference.set_drift(&layer.w_down.name, full.residual(), quantized.residual());
+                reference.recording.store(true, Ordering::Relaxed);
+                full.run_feed_forward(layer, f32);
+                reference.recording.store(false, Ordering::Relaxed);
+                quantized.run_feed_forward(layer, f32);
             }
             quantized.finish(&model.out_norm, &model.lm_head, f32)
         })

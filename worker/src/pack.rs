@@ -402,6 +402,10 @@ impl<S> Recording<'_, S> {
 pub struct ReferenceInputs {
     pub recording: std::sync::atomic::AtomicBool,
     inputs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<f32>>>>,
+    /// The next matrix to add to the residual stream, and how far that stream has drifted (see
+    /// [`ReferenceInputs::set_drift`]); one at a time, so a matrix GPTQ skips leaves nothing
+    /// behind.
+    drift: std::sync::Mutex<Option<(String, Vec<f32>)>>,
 }
 
 impl ReferenceInputs {
@@ -414,6 +418,25 @@ impl ReferenceInputs {
 
     fn take(&self, name: &str) -> Option<std::sync::Arc<Vec<f32>>> {
         self.inputs.lock().unwrap_or_else(|p| p.into_inner()).remove(name)
+    }
+
+    /// Notes, for the matrix `name` whose outputs are added to the residual stream next, how far
+    /// the quantized pass' stream (`residual`) has drifted from the full-precision one
+    /// (`reference`), both [tokens, d_model]: the matrix is then corrected to cancel it too.
+    pub fn set_drift(&self, name: &str, reference: &[f32], residual: &[f32]) {
+        let drift = reference.iter().zip(residual).map(|(r, x)| r - x).collect();
+        *self.drift.lock().unwrap_or_else(|p| p.into_inner()) = Some((name.to_owned(), drift));
+    }
+
+    fn take_drift(&self, name: &str) -> Option<Vec<f32>> {
+        let mut slot = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some((for_name, drift)) if for_name == name => Some(drift),
+            other => {
+                *slot = other;
+                None
+            }
+        }
     }
 }
 
@@ -461,7 +484,9 @@ pub fn gptq_substitute(targets: std::collections::HashMap<String, StorageType>, 
             m.dequantize_row(r, row);
         }
         if let Some(cross) = &factors.cross {
-            gptq::correct_for_upstream_error(&mut weights, m.cols, cross, u, *lambda);
+            let tokens = xs.len() / m.cols;
+            let drift = reference.as_ref().and_then(|r| r.take_drift(&m.name)).filter(|d| d.len() == tokens * m.rows).map(|d| gptq::drift_gram(&d, m.rows, xs, m.cols));
+            gptq::correct_for_upstream_error(&mut weights, m.cols, cross, drift.as_deref(), u, *lambda);
         }
         let polish = gptq::Polish { lambda: *lambda, rounds: gptq::POLISH_ROUNDS };
         let bytes = gptq::quantize_matrix(target, &weights, m.cols, u, &diag, gptq::ColumnWeights::Compensated, Some(&gram.h), Some(polish));

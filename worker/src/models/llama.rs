@@ -230,6 +230,22 @@ impl BatchForward {
         self.pass.run_layer(w, &mut self.state, activations);
     }
 
+    /// [`BatchForward::run_layer`] in two halves, for a caller that looks at the residual
+    /// stream in between: first the attention ...
+    pub fn run_attention(&mut self, w: &LlamaLayer, activations: Activations) {
+        self.pass.run_attention(w, &mut self.state, activations);
+    }
+
+    /// ... then the feed-forward (the same `w`).
+    pub fn run_feed_forward(&mut self, w: &LlamaLayer, activations: Activations) {
+        self.pass.run_feed_forward(w, activations);
+    }
+
+    /// The residual stream of every token, [tokens, d_model].
+    pub fn residual(&self) -> &[f32] {
+        &self.pass.x
+    }
+
     /// After the last layer: each sequence's last-token logits, [sequences, vocab].
     pub fn finish(mut self, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations) -> Result<Vec<f32>, WorkerError> {
         self.pass.finish_rows(&mut self.state, out_norm, lm_head, activations, &self.last_tokens)
@@ -278,6 +294,12 @@ impl LayerwiseForward {
 
     /// Runs layer [`LayerwiseForward::next_layer`] (`w` must be its weights).
     pub fn run_layer(&mut self, w: &LlamaLayer, state: &mut LlamaState, activations: Activations) {
+        self.run_attention(w, state, activations);
+        self.run_feed_forward(w, activations);
+    }
+
+    /// The first half of [`LayerwiseForward::run_layer`]: attention, added to the residual.
+    fn run_attention(&mut self, w: &LlamaLayer, state: &mut LlamaState, activations: Activations) {
         let (c, t, l, s, x) = (&self.config, self.t, self.next_layer, &mut self.scratch, &mut self.x);
         let (kv_dim, q_dim, p0) = (c.kv_dim(), c.n_head * c.head_dim, state.cache.len);
 
@@ -306,7 +328,12 @@ impl LayerwiseForward {
         });
         w.wo.matmul(&s.attn, &mut s.o, t, activations);
         add_in_place(x, &s.o);
+    }
 
+    /// The second half of [`LayerwiseForward::run_layer`]: the SwiGLU feed-forward, added to
+    /// the residual; the layer is done.
+    fn run_feed_forward(&mut self, w: &LlamaLayer, activations: Activations) {
+        let (c, t, s, x) = (&self.config, self.t, &mut self.scratch, &mut self.x);
         s.h.copy_from_slice(x);
         for row in s.h.chunks_exact_mut(c.d_model) {
             rmsnorm(row, &w.ffn_norm, c.rms_eps);

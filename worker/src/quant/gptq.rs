@@ -70,7 +70,7 @@ impl Gram {
         assert!(cols > 0 && xs.len() % cols == 0, "{} inputs is not a whole number of rows of {cols}", xs.len());
         let columns = transpose(xs, cols);
         // The upper triangle, then mirrored.
-        let mut h = column_products(&columns, &columns, cols, true);
+        let mut h = column_products(&columns, cols, &columns, cols, true);
         for i in 0..cols {
             for j in 0..i {
                 h[i * cols + j] = h[j * cols + i];
@@ -97,22 +97,24 @@ fn transpose(xs: &[f32], cols: usize) -> Vec<f32> {
     columns
 }
 
-/// P = AᵀB for two inputs of one matrix over the same tokens, given as columns ([cols, tokens]
-/// each, from [`transpose`]): cols × cols, row-major f64, P_ij = Σ_t A[t, i]·B[t, j] — only
-/// j ≥ i when `upper` (A = B, the rest left 0). Blocked so that tens of thousands of tokens
+/// P = AᵀB for two inputs over the same tokens, given as columns ([a_cols, tokens] and
+/// [b_cols, tokens], from [`transpose`]): a_cols × b_cols, row-major f64,
+/// P_ij = Σ_t A[t, i]·B[t, j] — only j ≥ i when `upper` (A = B, the rest left 0). Blocked so that tens of thousands of tokens
 /// stay cheap: the tokens are taken in chunks of [`GRAM_CHUNK`], each chunk's dot products
 /// summed in f32 (short sums, exact enough for a statistic) and added to P in f64, chunk after
 /// chunk. Rows of P are split into fixed blocks that run in parallel natively, each summing in
 /// the same order whatever the thread count, so the result is deterministic.
-fn column_products(a: &[f32], b: &[f32], cols: usize, upper: bool) -> Vec<f64> {
-    let tokens = a.len() / cols.max(1);
+fn column_products(a: &[f32], a_cols: usize, b: &[f32], b_cols: usize, upper: bool) -> Vec<f64> {
+    let tokens = a.len() / a_cols.max(1);
+    debug_assert!(b.len() == tokens * b_cols && (!upper || a_cols == b_cols));
+    let cols = b_cols;
     // Block k owns rows [k·ROWS, (k+1)·ROWS) of P: [rows, cols] in f64.
     const ROWS: usize = 32;
-    let blocks: Vec<usize> = (0..cols.div_ceil(ROWS)).collect();
+    let blocks: Vec<usize> = (0..a_cols.div_ceil(ROWS)).collect();
     let avx2 = crate::tensor::has_avx2();
     let rows_of = crate::tensor::parallel_map(blocks, |k| {
         crate::tensor::with_wide_simd(|| {
-            let rows = k * ROWS..((k + 1) * ROWS).min(cols);
+            let rows = k * ROWS..((k + 1) * ROWS).min(a_cols);
             let mut acc = vec![0f64; rows.len() * cols];
             for start in (0..tokens).step_by(GRAM_CHUNK) {
                 let len = GRAM_CHUNK.min(tokens - start);
@@ -145,7 +147,15 @@ fn column_products(a: &[f32], b: &[f32], cols: usize, upper: bool) -> Vec<f64> {
 /// C_ij = Σ_t ref[t, i]·a[t, j] (see [`correct_for_upstream_error`]).
 pub fn cross_gram(reference: &[f32], xs: &[f32], cols: usize) -> Vec<f64> {
     assert!(cols > 0 && xs.len() % cols == 0 && reference.len() == xs.len(), "cross_gram: {} and {} inputs of {cols} columns", reference.len(), xs.len());
-    column_products(&transpose(reference, cols), &transpose(xs, cols), cols, false)
+    column_products(&transpose(reference, cols), cols, &transpose(xs, cols), cols, false)
+}
+
+/// D = Δᵀ·A for a matrix's inputs A ([tokens, cols]) and the drift Δ ([tokens, rows]) of the
+/// residual stream its outputs are added to: rows × cols, row-major (see
+/// [`correct_for_upstream_error`]).
+pub fn drift_gram(drift: &[f32], rows: usize, xs: &[f32], cols: usize) -> Vec<f64> {
+    assert!(rows > 0 && cols > 0 && xs.len() % cols == 0 && drift.len() / rows == xs.len() / cols && drift.len() % rows == 0, "drift_gram: {} drift values of {rows}, {} inputs of {cols}", drift.len(), xs.len());
+    column_products(&transpose(drift, rows), rows, &transpose(xs, cols), cols, false)
 }
 
 /// Corrects a matrix for the error of the layers before it (after GPTAQ, Li et al. 2025,
@@ -155,12 +165,22 @@ pub fn cross_gram(reference: &[f32], xs: &[f32], cols: usize) -> Vec<f64> {
 /// w̃ = (w·C + λw)·(H + λI)⁻¹ with C = A_refᵀA ([`cross_gram`]), H = AᵀA, and
 /// (H + λI)⁻¹ = UᵀU (`u` and its λ from [`inverse_cholesky_upper_damped`]); GPTQ then rounds
 /// w̃ as usual. `weights` is rows × cols row-major, corrected in place.
-pub fn correct_for_upstream_error(weights: &mut [f32], cols: usize, cross: &[f64], u: &[f32], lambda: f64) {
+///
+/// A matrix whose outputs are added to the residual stream (attention output, down) can also
+/// be asked to cancel what the quantized layers before it have already moved that stream away
+/// from the full-precision model's, the drift δ_t = x_ref,t − x_t at the point where its output
+/// is added: row k then aims at w_k·a_ref + δ_k, which adds row k of D = ΔᵀA ([`drift_gram`],
+/// rows × cols) to r below.
+pub fn correct_for_upstream_error(weights: &mut [f32], cols: usize, cross: &[f64], drift: Option<&[f64]>, u: &[f32], lambda: f64) {
     assert!(cross.len() == cols * cols && u.len() == cols * cols && weights.len() % cols == 0);
-    let rows: Vec<&mut [f32]> = weights.chunks_exact_mut(cols).collect();
-    crate::tensor::parallel_map(rows, |w| {
-        // r = w·C + λw
+    assert!(drift.is_none_or(|d| d.len() == weights.len()));
+    let rows: Vec<(usize, &mut [f32])> = weights.chunks_exact_mut(cols).enumerate().collect();
+    crate::tensor::parallel_map(rows, |(k, w)| {
+        // r = w·C + λw (+ row k of D)
         let mut r: Vec<f64> = w.iter().map(|&v| lambda * v as f64).collect();
+        if let Some(d) = drift {
+            r.iter_mut().zip(&d[k * cols..][..cols]).for_each(|(o, &v)| *o += v);
+        }
         for (&wi, c) in w.iter().zip(cross.chunks_exact(cols)) {
             for (o, &c) in r.iter_mut().zip(c) {
                 *o += wi as f64 * c;
@@ -561,6 +581,15 @@ mod tests {
                 assert!((c[i * cols + j] - plain).abs() <= 1e-5 * plain.abs().max(1.0), "C[{i}][{j}] = {} vs {plain}", c[i * cols + j]);
             }
         }
+        // A product of two widths: 37 drift columns against the 70 input columns.
+        let drift: Vec<f32> = (0..tokens * 37).map(|_| rng.f32()).collect();
+        let d = drift_gram(&drift, 37, &xs, cols);
+        for k in 0..37 {
+            for j in 0..cols {
+                let plain: f64 = (0..tokens).map(|t| drift[t * 37 + k] as f64 * xs[t * cols + j] as f64).sum();
+                assert!((d[k * cols + j] - plain).abs() <= 1e-5 * plain.abs().max(1.0), "D[{k}][{j}] = {} vs {plain}", d[k * cols + j]);
+            }
+        }
     }
 
     #[test]
@@ -659,13 +688,44 @@ mod tests {
         let gram = Gram::of(&xs, cols);
         let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.01).unwrap();
         let mut corrected = w.clone();
-        correct_for_upstream_error(&mut corrected, cols, &cross_gram(&reference, &xs, cols), &u, lambda);
+        correct_for_upstream_error(&mut corrected, cols, &cross_gram(&reference, &xs, cols), None, &u, lambda);
         assert!(miss(&corrected) < 0.7 * miss(&w), "{} vs {}", miss(&corrected), miss(&w));
         let self_gram = Gram::of(&reference, cols);
         let (u, lambda) = inverse_cholesky_upper_damped(&self_gram, DAMP).unwrap();
         let mut same = w.clone();
-        correct_for_upstream_error(&mut same, cols, &cross_gram(&reference, &reference, cols), &u, lambda);
+        correct_for_upstream_error(&mut same, cols, &cross_gram(&reference, &reference, cols), None, &u, lambda);
         assert!(same.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-4), "no upstream error, no correction");
+    }
+
+    /// With the residual stream's drift δ (here partly predictable from the inputs), each row
+    /// is corrected to reproduce w·a_ref + δ, and does so better than without the drift term.
+    #[test]
+    fn drift_correction_also_cancels_the_residual_drift() {
+        let mut rng = Rng(12);
+        let (rows, cols, tokens) = (5, 32, 400);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let xs = correlated_inputs(tokens, cols, &mut rng);
+        let reference: Vec<f32> = xs.iter().map(|&v| v + 0.1 * rng.f32()).collect();
+        let mixing: Vec<f32> = (0..rows * cols).map(|_| 0.3 * rng.f32()).collect();
+        let drift: Vec<f32> = xs.chunks_exact(cols).flat_map(|a| (0..rows).map(|k| (0..cols).map(|j| mixing[k * cols + j] * a[j]).sum::<f32>()).collect::<Vec<_>>()).map(|v| v + 0.05 * rng.f32()).collect();
+        let miss = |w2: &[f32]| -> f64 {
+            let mut total = 0.0;
+            for (t, (r, a)) in reference.chunks_exact(cols).zip(xs.chunks_exact(cols)).enumerate() {
+                for k in 0..rows {
+                    let target: f64 = (0..cols).map(|j| w[k * cols + j] as f64 * r[j] as f64).sum::<f64>() + drift[t * rows + k] as f64;
+                    let y: f64 = (0..cols).map(|j| w2[k * cols + j] as f64 * a[j] as f64).sum();
+                    total += (target - y).powi(2);
+                }
+            }
+            total
+        };
+        let gram = Gram::of(&xs, cols);
+        let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.01).unwrap();
+        let cross = cross_gram(&reference, &xs, cols);
+        let (mut plain, mut with_drift) = (w.clone(), w.clone());
+        correct_for_upstream_error(&mut plain, cols, &cross, None, &u, lambda);
+        correct_for_upstream_error(&mut with_drift, cols, &cross, Some(&drift_gram(&drift, rows, &xs, cols)), &u, lambda);
+        assert!(miss(&with_drift) < 0.5 * miss(&plain), "{} vs {}", miss(&with_drift), miss(&plain));
     }
 
     #[test]
