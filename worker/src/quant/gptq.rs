@@ -99,8 +99,9 @@ fn transpose(xs: &[f32], cols: usize) -> Vec<f32> {
 
 /// P = AᵀB for two inputs over the same tokens, given as columns ([a_cols, tokens] and
 /// [b_cols, tokens], from [`transpose`]): a_cols × b_cols, row-major f64,
-/// P_ij = Σ_t A[t, i]·B[t, j] — only j ≥ i when `upper` (A = B, the rest left 0). Blocked so that tens of thousands of tokens
-/// stay cheap: the tokens are taken in chunks of [`GRAM_CHUNK`], each chunk's dot products
+/// P_ij = Σ_t A[t, i]·B[t, j] — only j ≥ i when `upper` (A = B, the rest left 0). Blocked so
+/// that tens of thousands of tokens stay cheap: the tokens are taken in chunks of
+/// [`GRAM_CHUNK`], each chunk's dot products
 /// summed in f32 (short sums, exact enough for a statistic) and added to P in f64, chunk after
 /// chunk. Rows of P are split into fixed blocks that run in parallel natively, each summing in
 /// the same order whatever the thread count, so the result is deterministic.
