@@ -666,6 +666,21 @@ mod tests {
         assert!(polished < plain, "{polished} vs {plain}");
     }
 
+    /// Σ_t ‖W·ref_t (+ δ_t) − W₂·a_t‖²: how far the corrected `w2` on the inputs `xs` misses
+    /// the outputs `w` gives on `reference` (plus the drift δ, [tokens, rows], when given).
+    fn correction_miss(w: &[f32], w2: &[f32], reference: &[f32], xs: &[f32], cols: usize, drift: Option<&[f32]>) -> f64 {
+        let rows = w.len() / cols;
+        let mut total = 0.0;
+        for (t, (r, a)) in reference.chunks_exact(cols).zip(xs.chunks_exact(cols)).enumerate() {
+            for k in 0..rows {
+                let target: f64 = (0..cols).map(|j| w[k * cols + j] as f64 * r[j] as f64).sum::<f64>() + drift.map_or(0.0, |d| d[t * rows + k] as f64);
+                let y: f64 = (0..cols).map(|j| w2[k * cols + j] as f64 * a[j] as f64).sum();
+                total += (target - y).powi(2);
+            }
+        }
+        total
+    }
+
     /// The correction towards the reference inputs: none when they are the inputs themselves,
     /// and when they differ, the corrected matrix reproduces the reference outputs better.
     #[test]
@@ -675,17 +690,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
         let reference = correlated_inputs(tokens, cols, &mut rng);
         let xs: Vec<f32> = reference.iter().map(|&v| v + 0.2 * rng.f32()).collect();
-        let miss = |w2: &[f32]| -> f64 {
-            let mut total = 0.0;
-            for (r, a) in reference.chunks_exact(cols).zip(xs.chunks_exact(cols)) {
-                for row in 0..rows {
-                    let y: f64 = (0..cols).map(|j| w[row * cols + j] as f64 * r[j] as f64).sum();
-                    let y2: f64 = (0..cols).map(|j| w2[row * cols + j] as f64 * a[j] as f64).sum();
-                    total += (y - y2).powi(2);
-                }
-            }
-            total
-        };
+        let miss = |w2: &[f32]| correction_miss(&w, w2, &reference, &xs, cols, None);
         let gram = Gram::of(&xs, cols);
         let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.01).unwrap();
         let mut corrected = w.clone();
@@ -709,17 +714,7 @@ mod tests {
         let reference: Vec<f32> = xs.iter().map(|&v| v + 0.1 * rng.f32()).collect();
         let mixing: Vec<f32> = (0..rows * cols).map(|_| 0.3 * rng.f32()).collect();
         let drift: Vec<f32> = xs.chunks_exact(cols).flat_map(|a| (0..rows).map(|k| (0..cols).map(|j| mixing[k * cols + j] * a[j]).sum::<f32>()).collect::<Vec<_>>()).map(|v| v + 0.05 * rng.f32()).collect();
-        let miss = |w2: &[f32]| -> f64 {
-            let mut total = 0.0;
-            for (t, (r, a)) in reference.chunks_exact(cols).zip(xs.chunks_exact(cols)).enumerate() {
-                for k in 0..rows {
-                    let target: f64 = (0..cols).map(|j| w[k * cols + j] as f64 * r[j] as f64).sum::<f64>() + drift[t * rows + k] as f64;
-                    let y: f64 = (0..cols).map(|j| w2[k * cols + j] as f64 * a[j] as f64).sum();
-                    total += (target - y).powi(2);
-                }
-            }
-            total
-        };
+        let miss = |w2: &[f32]| correction_miss(&w, w2, &reference, &xs, cols, Some(&drift));
         let gram = Gram::of(&xs, cols);
         let (u, lambda) = inverse_cholesky_upper_damped(&gram, 0.01).unwrap();
         let cross = cross_gram(&reference, &xs, cols);
