@@ -29,9 +29,11 @@
 //! to where the final codes want them (kept only when the stored, f16-rounded result is better).
 //!
 //! **Damping.** H is singular when the calibration text has fewer tokens than H has columns,
-//! and ill-conditioned anyway; as in the paper, [`DAMP`] × mean(diag H) is added to the
+//! and ill-conditioned anyway; as in the paper, [`damping`] × mean(diag H) is added to the
 //! diagonal before factoring. Columns that the calibration never excites then get a small
-//! positive weight instead of none.
+//! positive weight instead of none. At 3 and 2 bits it is ten times heavier than at 4: the
+//! larger rounding errors make GPTQ push more onto the later columns, and that compensation
+//! follows the calibration tokens' H rather than the model's.
 //!
 //! Rows are independent given U, so they run in parallel; everything is deterministic (the
 //! same weights and inputs give the same bytes).
@@ -39,12 +41,31 @@
 use super::quantize::{fit_weighted, max_level, push_min_scale_block, Fit, Search};
 use super::{StorageType, BLOCK};
 
-/// Fraction of the mean diagonal added to H's diagonal before factoring. The paper uses 1%
-/// with ~260k calibration tokens. Measured on SmolLM2 `mixed` (perplexity, with the code
-/// polish, no upstream correction): with the ~30k-token corpus 0.5% → 61.22, 2% → 55.68,
+/// Fraction of the mean diagonal added to H's diagonal before factoring, for 4-bit targets
+/// (see [`damping`]). The paper uses 1% with ~260k calibration tokens. Measured on SmolLM2
+/// `mixed` (perplexity, with the code polish, no upstream correction; since then `mixed` uses
+/// [`LOW_BIT_DAMP`]): with the ~30k-token corpus 0.5% → 61.22, 2% → 55.68,
 /// 10% → 58.35; with the earlier 2k-token text, 10% had been best (1%: 94.98, 10%: 78.18,
 /// 100%: 105.3, before the refit) — fewer tokens, a noisier H, more damping.
 pub const DAMP: f64 = 0.02;
+
+/// Damping for 3- and 2-bit targets (see [`damping`]). Measured on SmolLM2 `mixed` with both
+/// upstream corrections (which share the damped factor: their ridge λ is this too), ~30k
+/// calibration tokens: 2% → 43.10, 5% → 41.68, 10% → 40.85, 20% → 40.15; with ~59k tokens,
+/// 20% → 39.46, while 5% for GPTQ with a separate 30% for the corrections gave 41.23 — the
+/// rounding itself wants the heavy damping here, not only the least-squares corrections.
+pub const LOW_BIT_DAMP: f64 = 0.20;
+
+/// GPTQ's damping for a target format, also the ridge λ of the upstream correction
+/// ([`correct_for_upstream_error`]): [`DAMP`] at 4 bits, [`LOW_BIT_DAMP`] at 3 and 2 bits, where
+/// every rounding error is larger and so is what the walk pushes onto the columns after it —
+/// compensation that fits the calibration tokens' H more than the model's.
+pub fn damping(target: StorageType) -> f64 {
+    match target {
+        StorageType::Q3 | StorageType::Q2 => LOW_BIT_DAMP,
+        _ => DAMP,
+    }
+}
 
 /// Tokens per f32 partial sum in [`Gram::of`].
 const GRAM_CHUNK: usize = 128;
