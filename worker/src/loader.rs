@@ -224,7 +224,7 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let recording = Recording::new(&source);
             let model = Llama::load(&recording, config.clone())?;
             let keep_as = source.imported.as_ref().map(|i| i.borrow().iter().cloned().collect()).unwrap_or_default();
-            let calibrated = llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &keep_as))?;
+            let calibrated = llama_calibration(&model, &tokenizer, recording.calibration_plan(precision, &keep_as))?;
             build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(keep_as))
         }
         ModelPathKind::HfDirectory => {
@@ -239,14 +239,14 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
                     let names = HfLlamaNames(&source);
                     let recording = Recording::new(&names);
                     let model = Llama::load(&recording, config.clone())?;
-                    let calibrated = llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &Default::default()))?;
+                    let calibrated = llama_calibration(&model, &tokenizer, recording.calibration_plan(precision, &Default::default()))?;
                     build(recording, &name, "llama", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(Default::default()))
                 }
                 HfConfig::Bert(config) => {
                     let source = SafetensorsSource::new(weights, "bert").with_prefix("bert.");
                     let recording = Recording::new(&source);
                     let embedder = Embedder::new(Bert::load(&recording, config.clone())?, tokenizer.clone());
-                    let calibrated = bert_calibration(&embedder, precision, recording.gptq_targets(precision, &Default::default()))?;
+                    let calibrated = bert_calibration(&embedder, recording.calibration_plan(precision, &Default::default()))?;
                     build(recording, &name, "bert", hyperparameters_json(&config)?, &tokenizer, precision, shard_bytes, &calibrated.hints(Default::default()))
                 }
             }
@@ -259,11 +259,11 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
             let calibrated = match architecture.as_str() {
                 "llama" => {
                     let model = Llama::load(&recording, pack.hyperparameters()?)?;
-                    llama_calibration(&model, &tokenizer, precision, recording.gptq_targets(precision, &Default::default()))?
+                    llama_calibration(&model, &tokenizer, recording.calibration_plan(precision, &Default::default()))?
                 }
                 "bert" => {
                     let embedder = Embedder::new(Bert::load(&recording, pack.hyperparameters()?)?, tokenizer.clone());
-                    bert_calibration(&embedder, precision, recording.gptq_targets(precision, &Default::default()))?
+                    bert_calibration(&embedder, recording.calibration_plan(precision, &Default::default()))?
                 }
                 other => return Err(WorkerError::UnsupportedArchitecture { architecture: other.to_owned() }),
             };
@@ -275,7 +275,8 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
 
 /// Runs the model over the calibration corpus in f32 (see `tensor::calibration`), quantizing
 /// the matrices of `targets` with GPTQ on the way (`pack::gptq_substitute`); records the mean
-/// square of every matrix input. Skipped for `keep`, which re-encodes nothing.
+/// square of every matrix input. Skipped (`targets` None, see `pack::Recording::calibration_plan`)
+/// when nothing is requantized to a format that uses it: `keep`, q8, f16, f32.
 ///
 /// The corpus' sequences run as one batch ([`Llama::start_batch`]), so each matrix sees every
 /// calibration token in one product, which sequential GPTQ needs. Two batches go through the
@@ -286,11 +287,11 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
 /// residual streams are compared before each half, so the matrix that ends it (attention
 /// output, down) is also corrected to cancel the drift the quantized layers before it left.
 #[cfg(not(target_arch = "wasm32"))]
-fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
+fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, targets: Option<GptqTargets>) -> Result<Recorded, WorkerError> {
     use std::sync::atomic::Ordering;
-    if *precision == crate::pack::Precision::Keep {
+    let Some(targets) = targets else {
         return Ok(Recorded::default());
-    }
+    };
     let sequences = crate::pack::calibration_sequences(tokenizer, crate::pack::CALIBRATION_SEQUENCE_TOKENS.min(model.config.trained_context))?;
     let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
     let f32 = crate::tensor::Activations::F32;
@@ -322,10 +323,10 @@ fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, precision: &crate::pa
 
 /// [`llama_calibration`] for BERT: the calibration text's lines as one padded batch.
 #[cfg(not(target_arch = "wasm32"))]
-fn bert_calibration(embedder: &Embedder, precision: &crate::pack::Precision, targets: GptqTargets) -> Result<Recorded, WorkerError> {
-    if *precision == crate::pack::Precision::Keep {
+fn bert_calibration(embedder: &Embedder, targets: Option<GptqTargets>) -> Result<Recorded, WorkerError> {
+    let Some(targets) = targets else {
         return Ok(Recorded::default());
-    }
+    };
     let lines: Vec<&str> = crate::pack::CALIBRATION_TEXT.lines().filter(|l| !l.trim().is_empty()).collect();
     let (result, recorded) = crate::tensor::calibration::record(Some(crate::pack::gptq_substitute(targets, None)), || embedder.embed(&lines));
     result.map(|_| recorded)

@@ -399,6 +399,23 @@ impl<S> Recording<'_, S> {
         }
         targets
     }
+
+    /// What the calibration pass has to do for `precision`: None when it can be skipped, else
+    /// [`Recording::gptq_targets`]. Only a matrix requantized to a min/scale format (Q4_1, Q3,
+    /// Q2) uses it — through GPTQ, or through the importance weights of its rounding; Q8_0 and
+    /// the float types round each value on its own, so a q8, f16 or f32 pack skips the f32
+    /// forward over the whole corpus (most of a quarter of an hour for SmolLM2 on two cores) and
+    /// writes the same bytes. `keep` never calibrates: it re-encodes nothing it has a type for.
+    pub fn calibration_plan(&self, precision: &Precision, keep_as: &std::collections::HashMap<String, StorageType>) -> Option<std::collections::HashMap<String, StorageType>> {
+        let requantized_to_min_scale = self.seen.borrow().iter().any(|recorded| match recorded {
+            Recorded::Matrix(name, m) => {
+                let target = target_type(precision, name, m, keep_as);
+                target != m.ty && quant::gptq::applies(target)
+            }
+            Recorded::Vector(..) => false,
+        });
+        (*precision != Precision::Keep && requantized_to_min_scale).then(|| self.gptq_targets(precision, keep_as))
+    }
 }
 
 /// The full-precision model's inputs of the matrices being quantized, for the upstream
@@ -644,6 +661,22 @@ pub fn check_output(out: &std::path::Path, name: &str) -> Result<(), WorkerError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_min_scale_targets_need_the_calibration_pass() {
+        // One f32 feed-forward matrix (two blocks per row) and a norm, as a loader records them.
+        let values: Vec<f32> = (0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let up = WeightMatrix::from_f32("blk.0.ffn_up.weight", 4, 64, &values).unwrap();
+        let seen = vec![Recorded::Matrix("blk.0.ffn_up.weight".into(), up), Recorded::Vector("blk.0.ffn_norm.weight".into(), vec![1.0; 64])];
+        let recording = Recording { inner: &(), seen: RefCell::new(seen) };
+        let plan = |p: &str| recording.calibration_plan(&Precision::parse(p, None).unwrap(), &Default::default()).map(|targets| targets.len());
+        for skipped in ["keep", "f32", "f16", "q8"] {
+            assert_eq!(plan(skipped), None, "{skipped}");
+        }
+        for calibrated in ["q4", "q3", "q2", "mixed"] {
+            assert_eq!(plan(calibrated), Some(1), "{calibrated}");
+        }
+    }
 
     #[test]
     fn precision_names_and_configs_are_checked() {
