@@ -251,7 +251,9 @@ pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
 /// corrections fit each row to them: with only the first text's 2k tokens, H of a 1,536-column
 /// matrix is barely full rank and GPTQ fits the calibration text rather than the model; going
 /// from the first five texts (30,916 tokens) to all nine took SmolLM2 `mixed` from 40.15 to
-/// 39.46 (20% damping).
+/// 39.46 (20% damping), but four more (manuals, e-mails, forum threads, a mystery, school
+/// lessons; ~82k tokens) took it to 42.58: past this size, which text it is moves the result
+/// more than how much.
 pub const CALIBRATION_CORPUS: [&str; 9] = [
     CALIBRATION_TEXT,
     include_str!("../data/calibration/fiction-letters-travel.txt"),
