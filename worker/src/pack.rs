@@ -384,6 +384,13 @@ fn target_type(precision: &Precision, name: &str, m: &WeightMatrix, keep_as: &st
     }
 }
 
+/// `m`'s target type when it is requantized to a min/scale format (Q4_1, Q3, Q2): the formats
+/// whose rounding uses the calibration pass.
+fn min_scale_target(precision: &Precision, name: &str, m: &WeightMatrix, keep_as: &std::collections::HashMap<String, StorageType>) -> Option<StorageType> {
+    let target = target_type(precision, name, m, keep_as);
+    (target != m.ty && quant::gptq::applies(target)).then_some(target)
+}
+
 impl<S> Recording<'_, S> {
     /// The matrices GPTQ will quantize, by the name they carry, with their target types: those
     /// requantized to a min/scale format, except the embedding and LM head. The embedding is
@@ -393,8 +400,7 @@ impl<S> Recording<'_, S> {
         let mut targets = std::collections::HashMap::new();
         for recorded in self.seen.borrow().iter() {
             if let Recorded::Matrix(name, m) = recorded {
-                let target = target_type(precision, name, m, keep_as);
-                if target != m.ty && quant::gptq::applies(target) && !matches!(tensor_class(name), "embedding" | "lm_head") {
+                if let Some(target) = min_scale_target(precision, name, m, keep_as).filter(|_| !matches!(tensor_class(name), "embedding" | "lm_head")) {
                     targets.insert(m.name.clone(), target);
                 }
             }
@@ -409,13 +415,7 @@ impl<S> Recording<'_, S> {
     /// forward over the whole corpus (most of a quarter of an hour for SmolLM2 on two cores) and
     /// writes the same bytes. `keep` never calibrates: it re-encodes nothing it has a type for.
     pub fn calibration_plan(&self, precision: &Precision, keep_as: &std::collections::HashMap<String, StorageType>) -> Option<std::collections::HashMap<String, StorageType>> {
-        let requantized_to_min_scale = self.seen.borrow().iter().any(|recorded| match recorded {
-            Recorded::Matrix(name, m) => {
-                let target = target_type(precision, name, m, keep_as);
-                target != m.ty && quant::gptq::applies(target)
-            }
-            Recorded::Vector(..) => false,
-        });
+        let requantized_to_min_scale = self.seen.borrow().iter().any(|recorded| matches!(recorded, Recorded::Matrix(name, m) if min_scale_target(precision, name, m, keep_as).is_some()));
         (*precision != Precision::Keep && requantized_to_min_scale).then(|| self.gptq_targets(precision, keep_as))
     }
 }
