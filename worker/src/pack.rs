@@ -412,8 +412,8 @@ impl<S> Recording<'_, S> {
     /// [`Recording::gptq_targets`]. Only a matrix requantized to a min/scale format (Q4_1, Q3,
     /// Q2) uses it — through GPTQ, or through the importance weights of its rounding; Q8_0 and
     /// the float types round each value on its own, so a q8, f16 or f32 pack skips the f32
-    /// forward over the whole corpus (most of a quarter of an hour for SmolLM2 on two cores) and
-    /// writes the same bytes. `keep` never calibrates: it re-encodes nothing it has a type for.
+    /// forward over the whole corpus (SmolLM2 with every matrix at 8 bits, on two cores: 923 s
+    /// with it, 1.2 s without) and writes the same bytes. `keep` never calibrates: it re-encodes nothing it has a type for.
     pub fn calibration_plan(&self, precision: &Precision, keep_as: &std::collections::HashMap<String, StorageType>) -> Option<std::collections::HashMap<String, StorageType>> {
         let requantized_to_min_scale = self.seen.borrow().iter().any(|recorded| matches!(recorded, Recorded::Matrix(name, m) if min_scale_target(precision, name, m, keep_as).is_some()));
         (*precision != Precision::Keep && requantized_to_min_scale).then(|| self.gptq_targets(precision, keep_as))
