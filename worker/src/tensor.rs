@@ -181,18 +181,40 @@ impl WeightMatrix {
                     }
                     for first in (0..t).step_by(TOKEN_TILE) {
                         let tokens = TOKEN_TILE.min(t - first);
-                        for (w, outs) in w.chunks_exact(cols).zip(out_tile.chunks_exact_mut(t)) {
-                            let x = |k: usize| &xs[(first + k) * cols..][..cols];
-                            // Four tokens per pass over the row: one load of w feeds four
-                            // independent accumulator chains (latency hidden, half the loads),
-                            // same sums as dot_f32.
-                            let mut groups = outs[first..first + tokens].chunks_exact_mut(4);
-                            for (g, o) in (&mut groups).enumerate() {
-                                o.copy_from_slice(&dot4_f32_dispatch(avx2, w, [x(4 * g), x(4 * g + 1), x(4 * g + 2), x(4 * g + 3)]));
+                        let x = |k: usize| &xs[(first + k) * cols..][..cols];
+                        let done = tokens - tokens % 4;
+                        // Rows in pairs (the tile's last row may be alone).
+                        for (w_pair, outs_pair) in w.chunks(2 * cols).zip(out_tile.chunks_mut(2 * t)) {
+                            #[cfg(target_arch = "x86_64")]
+                            if avx2 && outs_pair.len() == 2 * t {
+                                // Two rows × four tokens per pass: each token load feeds both
+                                // rows; per (row, token) the same sums as dot_f32.
+                                let (w0, w1) = w_pair.split_at(cols);
+                                let (o0, o1) = outs_pair.split_at_mut(t);
+                                for k in (0..done).step_by(4) {
+                                    // SAFETY: AVX2 was seen on this CPU (`has_avx2`); both rows
+                                    // hold `cols` values and so does every x(k).
+                                    let [r0, r1] = unsafe { quant::simd_x86::dot2x4_f32([w0, w1], [x(k), x(k + 1), x(k + 2), x(k + 3)]) };
+                                    o0[first + k..][..4].copy_from_slice(&r0);
+                                    o1[first + k..][..4].copy_from_slice(&r1);
+                                }
+                                for k in done..tokens {
+                                    o0[first + k] = dot_f32(w0, x(k));
+                                    o1[first + k] = dot_f32(w1, x(k));
+                                }
+                                continue;
                             }
-                            let done = tokens - tokens % 4;
-                            for (k, o) in groups.into_remainder().iter_mut().enumerate() {
-                                *o = dot_f32(w, x(done + k));
+                            for (w, outs) in w_pair.chunks_exact(cols).zip(outs_pair.chunks_exact_mut(t)) {
+                                // Four tokens per pass over the row: one load of w feeds four
+                                // independent accumulator chains (latency hidden, half the
+                                // loads), same sums as dot_f32.
+                                let mut groups = outs[first..first + tokens].chunks_exact_mut(4);
+                                for (g, o) in (&mut groups).enumerate() {
+                                    o.copy_from_slice(&dot4_f32_dispatch(avx2, w, [x(4 * g), x(4 * g + 1), x(4 * g + 2), x(4 * g + 3)]));
+                                }
+                                for (k, o) in groups.into_remainder().iter_mut().enumerate() {
+                                    *o = dot_f32(w, x(done + k));
+                                }
                             }
                         }
                     }
@@ -398,9 +420,24 @@ pub(crate) fn with_wide_simd<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// f32 dot product (eight independent accumulators; see [`quant::lanes_dot`]).
-#[inline]
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    quant::lanes_dot(b, |i| a[i])
+    // `quant::lanes_dot`'s arithmetic written over fixed chunks of eight, which LLVM keeps in one
+    // vector register (through `lanes_dot`'s index closure it kept bounds checks and scalar
+    // code). Same products and sums in the same order, so bit-identical results.
+    let a = &a[..b.len()];
+    let whole = b.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+        for lane in 0..8 {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// [`dot4_f32`] through the AVX2 kernel when `avx2` (from `quant::simd_x86::available()`, asked
@@ -495,6 +532,28 @@ mod tests {
                 assert_eq!(four[k].to_bits(), dot_f32(&w, &xs[k]).to_bits(), "n {n}, token {k}");
                 assert_eq!(kernel[k].to_bits(), four[k].to_bits(), "n {n}, token {k}: AVX2 kernel");
             }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                let w2: Vec<f32> = w.iter().map(|v| v * 0.5 - 1.0).collect();
+                // SAFETY: AVX2 checked; both rows and every x hold n values.
+                let pair = unsafe { quant::simd_x86::dot2x4_f32([&w, &w2], [&xs[0], &xs[1], &xs[2], &xs[3]]) };
+                for k in 0..4 {
+                    assert_eq!(pair[0][k].to_bits(), four[k].to_bits(), "n {n}, token {k}: 2×4 kernel, row 0");
+                    assert_eq!(pair[1][k].to_bits(), dot_f32(&w2, &xs[k]).to_bits(), "n {n}, token {k}: 2×4 kernel, row 1");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_f32_sums_in_lanes_dots_order() {
+        // dot_f32 is lanes_dot written over fixed chunks (so it vectorises); the results must
+        // not move by a bit, or packs and logits would change with it.
+        let mut rng = Rng(5);
+        for n in [1, 7, 8, 9, 31, 64, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0 - 2.0).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0 - 2.0).collect();
+            assert_eq!(dot_f32(&a, &b).to_bits(), quant::lanes_dot(&b, |i| a[i]).to_bits(), "n {n}");
         }
     }
 

@@ -26,7 +26,7 @@ use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::rmsnorm;
 use crate::ops::rope::{RopeStyle, RopeTable};
 use super::kv_cache::{KvCache, SlidingWindow};
-use crate::tensor::{for_each_chunk, matmul_fused, on_compute_pool, with_wide_simd, Activations, SharedBytes, WeightMatrix};
+use crate::tensor::{for_each_chunk, matmul_fused, on_compute_pool, Activations, SharedBytes, WeightMatrix};
 use crate::WorkerError;
 
 /// Hyper-parameters.
@@ -324,7 +324,7 @@ impl LayerwiseForward {
             let (i, h) = (first / q_dim, first % q_dim / c.head_dim);
             let (keys, values) = cache.visible(l, p0 + i + 1);
             let own = start(i) * kv_dim;
-            with_wide_simd(|| attend_head(&q[first..][..c.head_dim], h, &keys[own..], &values[own..], layout, None, out));
+            attend_head(&q[first..][..c.head_dim], h, &keys[own..], &values[own..], layout, None, out);
         });
         w.wo.matmul(&s.attn, &mut s.o, t, activations);
         add_in_place(x, &s.o);

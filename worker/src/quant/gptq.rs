@@ -30,8 +30,9 @@
 //! Then a few rounds of coordinate descent on the codes ([`polish_codes`]), each followed by
 //! another refit. The descent minimizes the *damped* error, like the walk; the refit the bare
 //! one. Both choices are measured (SmolLM2 `mixed`, 39.465 as they are): refitting in the damped
-//! H too gave 41.16, descending in the bare H too 42.90. Presumably a row's hundreds of codes
-//! can fit the calibration tokens' H too closely, where its 2 unknowns per block cannot.
+//! H too gave 41.16, descending in the bare H too 42.90, and descending in twice the walk's λ
+//! 41.22: the descent's damping sits at the walk's. Presumably a row's hundreds of codes can fit
+//! the calibration tokens' H too closely, where its 2 unknowns per block cannot.
 //!
 //! **Damping.** H is singular when the calibration text has fewer tokens than H has columns,
 //! and ill-conditioned anyway; as in the paper, [`damping`] × mean(diag H) is added to the
@@ -154,13 +155,28 @@ fn column_products(a: &[f32], a_cols: usize, b: &[f32], b_cols: usize, upper: bo
                     // Four rows of P at once share every load of B's column j.
                     let group = (rows.end - i).min(4);
                     let lhs: [&[f32]; 4] = std::array::from_fn(|r| column(a, i + r.min(group - 1)));
-                    for j in if upper { i } else { 0 }..cols {
-                        let dots = crate::tensor::dot4_f32_dispatch(avx2, column(b, j), lhs);
+                    let mut add = |j: usize, dots: [f32; 4]| {
                         for (r, &d) in dots.iter().enumerate().take(group) {
                             if !upper || j >= i + r {
                                 acc[(i + r - rows.start) * cols + j] += d as f64;
                             }
                         }
+                    };
+                    let mut j = if upper { i } else { 0 };
+                    while j < cols {
+                        #[cfg(target_arch = "x86_64")]
+                        if avx2 && j + 1 < cols {
+                            // Two columns of B per pass: each load of A's four columns feeds
+                            // both (the products here are load-bound); the same sums.
+                            // SAFETY: AVX2 seen on this CPU; every column slice holds `len`.
+                            let [first, second] = unsafe { super::simd_x86::dot2x4_f32([column(b, j), column(b, j + 1)], lhs) };
+                            add(j, first);
+                            add(j + 1, second);
+                            j += 2;
+                            continue;
+                        }
+                        add(j, crate::tensor::dot4_f32_dispatch(avx2, column(b, j), lhs));
+                        j += 1;
                     }
                 }
             }
@@ -337,7 +353,7 @@ const POLISH_SWEEPS: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Polish {
     /// λ of the damped H the descent minimizes in (the one GPTQ's factor was made with; λ = 0
-    /// measured worse, see the module header).
+    /// and 2λ measured worse, see the module header).
     pub lambda: f64,
     /// Rounds of (descent, refit).
     pub rounds: usize,
