@@ -277,8 +277,20 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
 /// the matrices of `targets` with GPTQ on the way (`pack::gptq_substitute`); records the mean
 /// square of every matrix input. Skipped (`targets` None, see `pack::Recording::calibration_plan`)
 /// when nothing is requantized to a format that uses it: `keep`, q8, f16, f32.
+#[cfg(not(target_arch = "wasm32"))]
+fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, targets: Option<GptqTargets>) -> Result<Recorded, WorkerError> {
+    let Some(targets) = targets else {
+        return Ok(Recorded::default());
+    };
+    let sequences = crate::pack::calibration_sequences(tokenizer, crate::pack::CALIBRATION_SEQUENCE_TOKENS.min(model.config.trained_context))?;
+    let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    calibrate_llama(model, &sequences, targets, crate::pack::FEED_FORWARD_TUNING).map(|(recorded, _)| recorded)
+}
+
+/// [`llama_calibration`] over `sequences`, with the feed-forward reconstruction tuned by
+/// `tuning`; also returns what the reconstruction did to each layer.
 ///
-/// The corpus' sequences run as one batch ([`Llama::start_batch`]), so each matrix sees every
+/// The sequences run as one batch ([`Llama::start_batch`]), so each matrix sees every
 /// calibration token in one product, which sequential GPTQ needs. Two batches go through the
 /// layers side by side, half a layer (attention, then feed-forward) at a time: the
 /// full-precision model's, whose inputs to each half are recorded just before that half is
@@ -286,21 +298,19 @@ pub fn pack_path(input: &std::path::Path, precision: &crate::pack::Precision, sh
 /// unquantized model would give (`quant::gptq::correct_for_upstream_error`); and the two
 /// residual streams are compared before each half, so the matrix that ends it (attention
 /// output, down) is also corrected to cancel the drift the quantized layers before it left.
+/// After a feed-forward is quantized, its 2-bit matrices' scales and mins are tuned jointly
+/// towards the full-precision stream (`pack::reconstruct_feed_forward`).
 #[cfg(not(target_arch = "wasm32"))]
-fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, targets: Option<GptqTargets>) -> Result<Recorded, WorkerError> {
+fn calibrate_llama(model: &Llama, sequences: &[&[u32]], targets: GptqTargets, tuning: crate::quant::ffn_tune::Settings) -> Result<(Recorded, Vec<Option<crate::pack::Reconstruction>>), WorkerError> {
     use std::sync::atomic::Ordering;
-    let Some(targets) = targets else {
-        return Ok(Recorded::default());
-    };
-    let sequences = crate::pack::calibration_sequences(tokenizer, crate::pack::CALIBRATION_SEQUENCE_TOKENS.min(model.config.trained_context))?;
-    let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
     let f32 = crate::tensor::Activations::F32;
     let reference = std::sync::Arc::new(crate::pack::ReferenceInputs::default());
     let substitute = crate::pack::gptq_substitute(targets, Some(reference.clone()));
     let (result, recorded) = crate::tensor::calibration::record(Some(substitute), || {
         crate::tensor::on_compute_pool(|| {
-            let mut full = model.start_batch(&sequences)?;
-            let mut quantized = model.start_batch(&sequences)?;
+            let mut full = model.start_batch(sequences)?;
+            let mut quantized = model.start_batch(sequences)?;
+            let mut reconstructions = Vec::with_capacity(model.layers.len());
             // Half a layer at a time, so that the matrices writing to the residual stream see
             // how far it has drifted just before they add to it.
             for layer in &model.layers {
@@ -313,12 +323,15 @@ fn llama_calibration(model: &Llama, tokenizer: &Tokenizer, targets: Option<GptqT
                 reference.recording.store(true, Ordering::Relaxed);
                 full.run_feed_forward(layer, f32);
                 reference.recording.store(false, Ordering::Relaxed);
+                let before = quantized.residual().to_vec();
                 quantized.run_feed_forward(layer, f32);
+                reconstructions.push(crate::pack::reconstruct_feed_forward(layer, model.config.rms_eps, &before, full.residual(), &mut quantized, tuning));
             }
-            quantized.finish(&model.out_norm, &model.lm_head, f32)
+            quantized.finish(&model.out_norm, &model.lm_head, f32)?;
+            Ok(reconstructions)
         })
     });
-    result.map(|_| recorded)
+    result.map(|reconstructions| (recorded, reconstructions))
 }
 
 /// [`llama_calibration`] for BERT: the calibration text's lines as one padded batch.
@@ -356,4 +369,59 @@ fn hyperparameters_json(config: &impl serde::Serialize) -> Result<serde_json::Va
 #[cfg(not(target_arch = "wasm32"))]
 fn sanitize_name(stem: &str) -> String {
     stem.chars().map(|c| if sw::manifest::is_name_char(c) { c.to_ascii_lowercase() } else { '-' }).collect()
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::quant::ffn_tune::Settings;
+    use crate::quant::StorageType;
+
+    /// The tiny random Llama of the model tests, with every matrix renamed so that no other
+    /// test's products can meet this one's calibration substitute (its state is global).
+    fn tiny_llama() -> Llama {
+        let bytes = crate::models::llama::tests::tiny_llama_gguf("llama", |n, d| Some((n.into(), d)));
+        let file = GgufFile::parse(&bytes, "tiny.gguf").expect("a valid GGUF");
+        let mut model = Llama::from_gguf(&file, SharedBytes::from_vec(bytes.clone())).expect("a valid model");
+        for layer in &mut model.layers {
+            for m in [&mut layer.wq, &mut layer.wk, &mut layer.wv, &mut layer.wo, &mut layer.w_gate, &mut layer.w_up, &mut layer.w_down] {
+                m.name = format!("reconstruction-test.{}", m.name);
+            }
+        }
+        model
+    }
+
+    /// The feed-forward reconstruction tunes only the 2-bit matrices' scales and mins: GPTQ's
+    /// codes stay, a tuning stays only where it brought the quantized stream closer to the
+    /// full-precision one, and 3-bit feed-forwards are left exactly as GPTQ made them.
+    #[test]
+    fn feed_forward_reconstruction_keeps_the_codes_and_only_improvements() {
+        let model = tiny_llama();
+        let sequences: Vec<Vec<u32>> = (0..6).map(|s| (0..40).map(|i| ((i * 7 + s * 11 + i * i) % 40) as u32).collect()).collect();
+        let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let feed_forwards = || model.layers.iter().flat_map(|l| [&l.w_gate, &l.w_up, &l.w_down]);
+        let targets = |ty: StorageType| feed_forwards().map(|m| (m.name.clone(), ty)).collect::<GptqTargets>();
+        let tuning = Settings { steps: 30, batch: 128, learning_rate: 0.01 };
+
+        let (_, at_3_bits) = calibrate_llama(&model, &sequences, targets(StorageType::Q3), tuning).expect("calibrates");
+        assert!(at_3_bits.iter().all(Option::is_none), "{at_3_bits:?}");
+
+        // No steps: the same matrices, the same error, so GPTQ's are kept.
+        let (gptq, untuned) = calibrate_llama(&model, &sequences, targets(StorageType::Q2), Settings { steps: 0, ..tuning }).expect("calibrates");
+        assert!(untuned.iter().all(|r| matches!(r, Some(r) if !r.kept && r.tuned_error == r.gptq_error)), "{untuned:?}");
+        let (tuned, reconstructions) = calibrate_llama(&model, &sequences, targets(StorageType::Q2), tuning).expect("calibrates");
+        for r in reconstructions.iter().map(|r| r.expect("a 2-bit feed-forward")) {
+            assert!(!r.kept || r.tuned_error < r.gptq_error, "{r:?}");
+        }
+        let first = reconstructions[0].expect("a 2-bit feed-forward");
+        assert!(first.kept, "{first:?}");
+        // Layer 0's GPTQ saw the same inputs in both runs: the same codes, new scales and mins.
+        for m in &[&model.layers[0].w_gate, &model.layers[0].w_up, &model.layers[0].w_down] {
+            let (before, after) = (gptq.substituted[&m.name].stored_bytes(), tuned.substituted[&m.name].stored_bytes());
+            assert_ne!(before, after, "{}", m.name);
+            for (b, a) in before.chunks_exact(crate::quant::q2::BLOCK_BYTES).zip(after.chunks_exact(crate::quant::q2::BLOCK_BYTES)) {
+                assert_eq!(b[4..], a[4..], "{}: codes changed", m.name);
+            }
+        }
+    }
 }

@@ -139,7 +139,7 @@ impl WeightMatrix {
     }
 
     /// [`WeightMatrix::matmul`] without the calibration hook.
-    fn product(&self, xs: &[f32], ys: &mut [f32], t: usize, activations: Activations) {
+    pub(crate) fn product(&self, xs: &[f32], ys: &mut [f32], t: usize, activations: Activations) {
         let prepared = Prepared::new(self.ty, xs, t, activations);
         if t == 1 {
             return for_each_chunk(ys, ROWS_PER_TASK, |first, chunk| self.product_rows(first, chunk, &prepared));
@@ -362,6 +362,17 @@ pub mod calibration {
         let replacement = substitute(w, xs)?;
         state().get_or_insert_with(State::default).substituted.insert(w.name.clone(), replacement.clone());
         Some(replacement)
+    }
+
+    /// The replacement the substitute returned for matrix `name` in the running recording.
+    pub fn substituted(name: &str) -> Option<WeightMatrix> {
+        state().as_ref()?.substituted.get(name).cloned()
+    }
+
+    /// Makes `m` the replacement for the matrix of its name in the running recording: later
+    /// products with that matrix use it, and the recording returns it.
+    pub fn replace_substituted(m: WeightMatrix) {
+        state().get_or_insert_with(State::default).substituted.insert(m.name.clone(), m);
     }
 
     /// Runs `f` (a forward pass over calibration text), with `substitute` deciding what each

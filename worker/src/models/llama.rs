@@ -246,6 +246,14 @@ impl BatchForward {
         &self.pass.x
     }
 
+    /// Runs the feed-forward just run again, from `before` (the residual stream it started from,
+    /// as [`BatchForward::residual`] gave it): for a caller that has changed its weights since.
+    pub fn rerun_feed_forward(&mut self, w: &LlamaLayer, before: &[f32], activations: Activations) {
+        self.pass.x.copy_from_slice(before);
+        self.pass.next_layer -= 1;
+        self.pass.run_feed_forward(w, activations);
+    }
+
     /// After the last layer: each sequence's last-token logits, [sequences, vocab].
     pub fn finish(mut self, out_norm: &[f32], lm_head: &WeightMatrix, activations: Activations) -> Result<Vec<f32>, WorkerError> {
         self.pass.finish_rows(&mut self.state, out_norm, lm_head, activations, &self.last_tokens)

@@ -114,7 +114,7 @@ impl Gram {
 }
 
 /// [tokens, cols] row-major → [cols, tokens]: each input column contiguous.
-fn transpose(xs: &[f32], cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(xs: &[f32], cols: usize) -> Vec<f32> {
     let tokens = xs.len() / cols;
     let mut columns = vec![0f32; cols * tokens];
     for (t, row) in xs.chunks_exact(cols).enumerate() {

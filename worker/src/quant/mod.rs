@@ -18,6 +18,7 @@
 
 pub mod f16;
 pub mod f32;
+pub mod ffn_tune;
 pub mod ggml_import;
 pub mod gptq;
 pub mod integer;
